@@ -1,0 +1,123 @@
+//! Bodies of the HTTP API: the envelopes and the status document.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::classify::ErrorClass;
+use crate::health::{HealthReport, PoolStatus};
+use crate::retry::BreakerState;
+
+/// Every successful response: `{ "success": true, "data": … }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SuccessEnvelope<T> {
+    /// Always `true`.
+    pub success: bool,
+    /// The payload.
+    pub data: T,
+}
+
+impl<T> SuccessEnvelope<T> {
+    /// Wraps a payload.
+    pub fn new(data: T) -> Self {
+        Self { success: true, data }
+    }
+}
+
+/// Every error response: `{ "success": false, "error", "message", "retry_count", "last_attempt" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorBody {
+    /// Always `false`.
+    pub success: bool,
+    /// A stable machine-readable code (`unauthorized`, `invalid_request`, an error class, …).
+    pub error: String,
+    /// What went wrong, for humans. Never contains a secret.
+    pub message: String,
+    /// Retries made before giving up (0 when none were attempted).
+    pub retry_count: u32,
+    /// When the last database attempt ended, RFC 3339, if there was one.
+    #[schemars(extend("format" = "date-time"))]
+    pub last_attempt: Option<String>,
+}
+
+impl ErrorBody {
+    /// An error with no database attempt behind it.
+    pub fn new(error: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { success: false, error: error.into(), message: message.into(), retry_count: 0, last_attempt: None }
+    }
+}
+
+/// Counters and latencies since start-up.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+pub struct MetricsSummary {
+    /// Guarded calls made.
+    pub calls_total: u64,
+    /// Calls that returned an error to the caller.
+    pub failures_total: u64,
+    /// Retries made.
+    pub retries_total: u64,
+    /// `(calls - failures) / calls`, 1.0 with no calls.
+    pub success_rate: f64,
+    /// Failures seen (including retried ones) by class.
+    pub failures_by_class: BTreeMap<String, u64>,
+    /// Median guarded-call latency, in milliseconds.
+    pub response_time_p50_ms: Option<f64>,
+    /// 99th percentile guarded-call latency, in milliseconds.
+    pub response_time_p99_ms: Option<f64>,
+    /// Pool rebuilds.
+    pub reconnects_total: u64,
+    /// Health probes run.
+    pub health_probes_total: u64,
+}
+
+/// The most recent error a caller saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LastError {
+    /// Its class.
+    pub class: ErrorClass,
+    /// Its message (redacted).
+    pub message: String,
+    /// When, RFC 3339.
+    #[schemars(extend("format" = "date-time"))]
+    pub at: String,
+}
+
+/// A loaded plugin, as listed by the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PluginStatus {
+    /// File or given name.
+    pub name: String,
+    /// `retry-policy` or `health-check`.
+    pub world: String,
+    /// Plugin version, if it declares one.
+    pub version: Option<String>,
+    /// SHA-256 of the component bytes, hex.
+    pub content_hash: String,
+    /// When it was activated, RFC 3339.
+    #[schemars(extend("format" = "date-time"))]
+    pub loaded_at: String,
+    /// Calls made.
+    pub calls: u64,
+    /// Calls that trapped, timed out or returned an invalid answer.
+    pub faults: u64,
+    /// `active` or `quarantined`.
+    pub state: String,
+}
+
+/// Everything an operator wants on one page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DatabaseStatus {
+    /// The latest health report.
+    pub health: HealthReport,
+    /// The pool now.
+    pub pool: PoolStatus,
+    /// Counters since start-up.
+    pub metrics: MetricsSummary,
+    /// The circuit breaker.
+    pub breaker: BreakerState,
+    /// Loaded plugins.
+    pub plugins: Vec<PluginStatus>,
+    /// The most recent error a caller saw.
+    pub last_error: Option<LastError>,
+}

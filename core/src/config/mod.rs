@@ -1,0 +1,674 @@
+//! Configuration from environment variables, passed in by the host.
+//!
+//! Core never reads the environment: the host hands `(name, value)` pairs to
+//! [`DbConfig::from_vars`] (after resolving `NAME_FILE` secrets and `.env`), and gets back a
+//! validated configuration or a [`ConfigError`] naming the variable at fault.
+
+mod error;
+mod url;
+mod value;
+
+use core::fmt;
+use core::time::Duration;
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use error::ConfigError;
+pub use url::{DatabaseType, DatabaseUrl, HostPort, redact};
+
+use crate::health::ProbeThresholds;
+use crate::retry::{BreakerConfig, Jitter, RetryPolicy};
+use url::UrlError;
+
+/// Names of every variable dbguard reads.
+pub mod vars {
+    /// Profile: `development` or `production`.
+    pub const DBGUARD_ENV: &str = "DBGUARD_ENV";
+    /// Profile, when `DBGUARD_ENV` is unset.
+    pub const APP_ENV: &str = "APP_ENV";
+    /// `postgres://…` or `sqlite://…`.
+    pub const DATABASE_URL: &str = "DATABASE_URL";
+    /// Persistent connections.
+    pub const DB_POOL_SIZE: &str = "DB_POOL_SIZE";
+    /// Extra connections under load.
+    pub const DB_MAX_OVERFLOW: &str = "DB_MAX_OVERFLOW";
+    /// Wait for a connection.
+    pub const DB_POOL_TIMEOUT: &str = "DB_POOL_TIMEOUT";
+    /// Maximum connection lifetime.
+    pub const DB_POOL_RECYCLE: &str = "DB_POOL_RECYCLE";
+    /// Background probe period.
+    pub const DB_HEALTH_CHECK_INTERVAL: &str = "DB_HEALTH_CHECK_INTERVAL";
+    /// How long a probed report is served from cache (defaults to the interval).
+    pub const DB_HEALTH_CACHE_TTL: &str = "DB_HEALTH_CACHE_TTL";
+    /// Timeout of one health probe.
+    pub const DB_HEALTH_TIMEOUT: &str = "DB_HEALTH_TIMEOUT";
+    /// Round trips slower than this make health degraded.
+    pub const DB_HEALTH_DEGRADED_LATENCY: &str = "DB_HEALTH_DEGRADED_LATENCY";
+    /// Log SQL statements.
+    pub const DB_ECHO: &str = "DB_ECHO";
+    /// TLS to the server.
+    pub const DB_SSL: &str = "DB_SSL";
+    /// Retries after the first try.
+    pub const DB_RETRY_MAX_ATTEMPTS: &str = "DB_RETRY_MAX_ATTEMPTS";
+    /// First retry delay.
+    pub const DB_RETRY_BASE_DELAY: &str = "DB_RETRY_BASE_DELAY";
+    /// Cap on any retry delay.
+    pub const DB_RETRY_MAX_DELAY: &str = "DB_RETRY_MAX_DELAY";
+    /// Jitter mode.
+    pub const DB_RETRY_JITTER: &str = "DB_RETRY_JITTER";
+    /// Consecutive connectivity failures that open the circuit breaker.
+    pub const DB_BREAKER_FAILURES: &str = "DB_BREAKER_FAILURES";
+    /// How long the breaker stays open before a probe.
+    pub const DB_BREAKER_COOLDOWN: &str = "DB_BREAKER_COOLDOWN";
+    /// Least-privilege login for the test endpoint (PostgreSQL).
+    pub const DB_TEST_URL: &str = "DB_TEST_URL";
+    /// HTTP listen address.
+    pub const DBGUARD_BIND: &str = "DBGUARD_BIND";
+    /// Directory of plugins watched for hot swap.
+    pub const DBGUARD_PLUGIN_DIR: &str = "DBGUARD_PLUGIN_DIR";
+    /// Whether `/metrics` needs a token.
+    pub const DBGUARD_METRICS_AUTH: &str = "DBGUARD_METRICS_AUTH";
+    /// HS256 secret for API tokens.
+    pub const JWT_SECRET: &str = "JWT_SECRET";
+    /// PEM public key (RS256 or EdDSA) for API tokens.
+    pub const JWT_PUBLIC_KEY_FILE: &str = "JWT_PUBLIC_KEY_FILE";
+    /// Required `iss` claim.
+    pub const JWT_ISSUER: &str = "JWT_ISSUER";
+    /// Required `aud` claim.
+    pub const JWT_AUDIENCE: &str = "JWT_AUDIENCE";
+
+    /// Every variable above, plus the `_FILE` forms the host resolves.
+    pub const ALL: &[&str] = &[
+        DBGUARD_ENV,
+        APP_ENV,
+        DATABASE_URL,
+        "DATABASE_URL_FILE",
+        DB_POOL_SIZE,
+        DB_MAX_OVERFLOW,
+        DB_POOL_TIMEOUT,
+        DB_POOL_RECYCLE,
+        DB_HEALTH_CHECK_INTERVAL,
+        DB_HEALTH_CACHE_TTL,
+        DB_HEALTH_TIMEOUT,
+        DB_HEALTH_DEGRADED_LATENCY,
+        DB_ECHO,
+        DB_SSL,
+        DB_RETRY_MAX_ATTEMPTS,
+        DB_RETRY_BASE_DELAY,
+        DB_RETRY_MAX_DELAY,
+        DB_RETRY_JITTER,
+        DB_BREAKER_FAILURES,
+        DB_BREAKER_COOLDOWN,
+        DB_TEST_URL,
+        "DB_TEST_URL_FILE",
+        DBGUARD_BIND,
+        DBGUARD_PLUGIN_DIR,
+        DBGUARD_METRICS_AUTH,
+        JWT_SECRET,
+        "JWT_SECRET_FILE",
+        JWT_PUBLIC_KEY_FILE,
+        JWT_ISSUER,
+        JWT_AUDIENCE,
+        "DBGUARD_LOG",
+        "DBGUARD_TEST_PG_URL",
+        "DBGUARD_REQUIRE_ALL",
+    ];
+}
+
+/// The defaults profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// Local work: SQLite default, SQL echo, a generated API token.
+    Development,
+    /// Servers: DATABASE_URL, TLS and an API key are required.
+    Production,
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Development => "development",
+            Self::Production => "production",
+        })
+    }
+}
+
+/// TLS mode toward PostgreSQL, as libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Plain TCP.
+    Disable,
+    /// TLS if the server offers it.
+    Prefer,
+    /// TLS, certificate not verified.
+    Require,
+    /// TLS, certificate chain verified.
+    VerifyCa,
+    /// TLS, chain and host name verified.
+    VerifyFull,
+}
+
+impl SslMode {
+    const ACCEPTED: &'static str = "disable, allow, prefer, require, verify-ca, verify-full";
+
+    fn parse(value: &str) -> Option<Self> {
+        match value {
+            "disable" => Some(Self::Disable),
+            "allow" | "prefer" => Some(Self::Prefer),
+            "require" => Some(Self::Require),
+            "verify-ca" => Some(Self::VerifyCa),
+            "verify-full" => Some(Self::VerifyFull),
+            _ => None,
+        }
+    }
+
+    /// Whether the connection is certainly encrypted.
+    pub const fn is_encrypted(self) -> bool {
+        matches!(self, Self::Require | Self::VerifyCa | Self::VerifyFull)
+    }
+
+    /// libpq's spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// Pool sizing and timing, in SQLAlchemy's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct PoolConfig {
+    /// Connections kept open.
+    pub size: u32,
+    /// Extra connections allowed under load, closed when idle.
+    pub max_overflow: u32,
+    /// Wait for a free connection before failing.
+    #[schemars(with = "u64")]
+    #[serde(serialize_with = "crate::serde_util::duration_ms", rename = "timeout_ms")]
+    pub timeout: Duration,
+    /// Maximum lifetime of a connection.
+    #[schemars(with = "u64")]
+    #[serde(serialize_with = "crate::serde_util::duration_ms", rename = "recycle_ms")]
+    pub recycle: Duration,
+}
+
+impl PoolConfig {
+    /// `size + max_overflow`: the most connections the pool opens.
+    pub fn max_connections(&self) -> u32 {
+        self.size.saturating_add(self.max_overflow)
+    }
+}
+
+/// Health monitoring settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Background probe period.
+    pub interval: Duration,
+    /// How long a report is served from cache.
+    pub cache_ttl: Duration,
+    /// Probe timeout and slow threshold.
+    pub thresholds: ProbeThresholds,
+}
+
+/// API-token verification settings. The secret is kept out of `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// HS256 shared secret.
+    pub secret: Option<Secret>,
+    /// Path of a PEM public key (RS256 or EdDSA).
+    pub public_key_file: Option<String>,
+    /// Required issuer.
+    pub issuer: Option<String>,
+    /// Required audience.
+    pub audience: Option<String>,
+}
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("secret", &self.secret)
+            .field("public_key_file", &self.public_key_file)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish()
+    }
+}
+
+/// A secret string: `Debug` and `Display` print `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; never log it.
+    pub fn expose_secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Settings of the HTTP service around the manager.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// Listen address, e.g. `127.0.0.1:8080`.
+    pub bind: String,
+    /// Plugins directory watched for hot swap.
+    pub plugin_dir: Option<String>,
+    /// Whether `/metrics` requires a `db:read` token.
+    pub metrics_auth: bool,
+    /// Token verification.
+    pub auth: AuthConfig,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DbConfig {
+    /// The profile whose defaults applied.
+    pub profile: Profile,
+    /// The database.
+    pub url: DatabaseUrl,
+    /// Least-privilege login for the test endpoint.
+    pub test_url: Option<DatabaseUrl>,
+    /// Pool settings.
+    pub pool: PoolConfig,
+    /// Health monitoring.
+    pub health: HealthConfig,
+    /// Log SQL statements.
+    pub echo: bool,
+    /// TLS toward PostgreSQL (always `Disable` for SQLite).
+    pub ssl_mode: SslMode,
+    /// The built-in retry policy.
+    pub retry: RetryPolicy,
+    /// Circuit breaker tuning.
+    pub breaker: BreakerConfig,
+    /// HTTP service settings.
+    pub service: ServiceConfig,
+    /// Variables that look like dbguard's (`DB_*`, `DBGUARD_*`) but are not known: likely typos.
+    pub unknown_variables: Vec<String>,
+}
+
+/// The SQLite database used when development runs without `DATABASE_URL`.
+pub const DEVELOPMENT_DEFAULT_URL: &str = "sqlite://data/dbguard.db";
+
+const SECOND: Duration = Duration::from_secs(1);
+const MILLISECOND: Duration = Duration::from_millis(1);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+
+impl DbConfig {
+    /// Builds the configuration from `(name, value)` pairs, e.g. `std::env::vars()`.
+    /// Later pairs win over earlier ones with the same name.
+    pub fn from_vars<I, K, V>(vars: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let env: BTreeMap<String, String> =
+            vars.into_iter().map(|(k, v)| (k.as_ref().to_owned(), v.as_ref().to_owned())).collect();
+        Parser { env: &env }.parse()
+    }
+
+    /// What the API may show about the connection: never the password.
+    pub fn connection_info(&self) -> ConnectionInfo {
+        ConnectionInfo::from_url(&self.url, &self.pool)
+    }
+
+    /// The database engine.
+    pub fn database_type(&self) -> DatabaseType {
+        self.url.database_type()
+    }
+}
+
+/// Connection facts safe to show: never the password.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ConnectionInfo {
+    /// `postgresql` or `sqlite`.
+    pub database_type: DatabaseType,
+    /// First host (PostgreSQL), null for SQLite.
+    pub host: Option<String>,
+    /// Port (PostgreSQL; 5432 when the URL omits it), null for SQLite.
+    pub port: Option<u16>,
+    /// Database name (PostgreSQL) or file path (SQLite).
+    pub database: Option<String>,
+    /// Login user, if any.
+    pub user: Option<String>,
+    /// Persistent connections.
+    pub pool_size: u32,
+    /// Extra connections under load.
+    pub max_overflow: u32,
+}
+
+impl ConnectionInfo {
+    /// Derives the info from a URL and pool settings.
+    pub fn from_url(url: &DatabaseUrl, pool: &PoolConfig) -> Self {
+        let first = url.hosts().first();
+        let is_pg = url.database_type() == DatabaseType::Postgresql;
+        Self {
+            database_type: url.database_type(),
+            host: first.map(|h| h.host.clone()).or_else(|| is_pg.then(|| "localhost".to_owned())),
+            port: is_pg.then(|| first.and_then(|h| h.port).unwrap_or(5432)),
+            database: url.database().map(str::to_owned),
+            user: url.user().map(str::to_owned),
+            pool_size: pool.size,
+            max_overflow: pool.max_overflow,
+        }
+    }
+}
+
+struct Parser<'a> {
+    env: &'a BTreeMap<String, String>,
+}
+
+impl Parser<'_> {
+    fn get(&self, name: &'static str) -> Option<&str> {
+        self.env.get(name).map(String::as_str)
+    }
+
+    fn duration(
+        &self,
+        name: &'static str,
+        default: Duration,
+        min: Duration,
+        max: Duration,
+    ) -> Result<Duration, ConfigError> {
+        self.get(name).map_or(Ok(default), |raw| value::duration(name, raw, min, max))
+    }
+
+    fn integer(&self, name: &'static str, default: u32, min: u32, max: u32) -> Result<u32, ConfigError> {
+        self.get(name).map_or(Ok(default), |raw| value::integer(name, raw, min, max))
+    }
+
+    fn boolean(&self, name: &'static str) -> Result<Option<bool>, ConfigError> {
+        self.get(name).map(|raw| value::boolean(name, raw)).transpose()
+    }
+
+    fn non_empty(&self, name: &'static str, what: &str) -> Result<Option<String>, ConfigError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(raw) if raw.trim().is_empty() => {
+                Err(ConfigError::Invalid { variable: name, value: raw.to_owned(), expected: what.to_owned() })
+            }
+            Some(raw) => Ok(Some(raw.trim().to_owned())),
+        }
+    }
+
+    fn profile(&self) -> Result<Profile, ConfigError> {
+        let (name, raw) = match (self.get(vars::DBGUARD_ENV), self.get(vars::APP_ENV)) {
+            (Some(raw), _) => (vars::DBGUARD_ENV, raw),
+            (None, Some(raw)) => (vars::APP_ENV, raw),
+            (None, None) => return Ok(Profile::Development),
+        };
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "development" => Ok(Profile::Development),
+            "production" => Ok(Profile::Production),
+            _ => Err(ConfigError::Invalid {
+                variable: name,
+                value: raw.to_owned(),
+                expected: "development or production".to_owned(),
+            }),
+        }
+    }
+
+    fn url(&self, name: &'static str, raw: &str) -> Result<DatabaseUrl, ConfigError> {
+        DatabaseUrl::parse(raw).map_err(|err| match err {
+            UrlError::UnsupportedScheme(scheme) => {
+                ConfigError::UnsupportedScheme { variable: name, scheme, value: redact(raw) }
+            }
+            UrlError::Malformed(why) => ConfigError::Invalid {
+                variable: name,
+                value: redact(raw),
+                expected: format!(
+                    "a URL like postgres://user:password@host:5432/db or sqlite://path/to/file.db ({why})"
+                ),
+            },
+        })
+    }
+
+    fn parse(&self) -> Result<DbConfig, ConfigError> {
+        let profile = self.profile()?;
+        let production = profile == Profile::Production;
+
+        let url = match self.get(vars::DATABASE_URL) {
+            Some(raw) => self.url(vars::DATABASE_URL, raw)?,
+            None if production => {
+                return Err(ConfigError::Missing {
+                    variable: vars::DATABASE_URL,
+                    profile,
+                    hint: "set DATABASE_URL (or DATABASE_URL_FILE) to postgres://… or sqlite://…",
+                });
+            }
+            None => self.url(vars::DATABASE_URL, DEVELOPMENT_DEFAULT_URL)?,
+        };
+        let test_url = match self.get(vars::DB_TEST_URL) {
+            Some(raw) => {
+                let test_url = self.url(vars::DB_TEST_URL, raw)?;
+                if test_url.database_type() != url.database_type() {
+                    return Err(ConfigError::Conflict {
+                        variable: vars::DB_TEST_URL,
+                        reason: format!(
+                            "is a {} URL but DATABASE_URL is {}; both must name the same kind of database",
+                            test_url.database_type(),
+                            url.database_type()
+                        ),
+                    });
+                }
+                Some(test_url)
+            }
+            None => None,
+        };
+
+        let pool = PoolConfig {
+            size: self.integer(vars::DB_POOL_SIZE, if production { 10 } else { 5 }, 1, 10_000)?,
+            max_overflow: self.integer(vars::DB_MAX_OVERFLOW, if production { 20 } else { 10 }, 0, 10_000)?,
+            timeout: self.duration(vars::DB_POOL_TIMEOUT, 20 * SECOND, MILLISECOND, HOUR)?,
+            recycle: self.duration(vars::DB_POOL_RECYCLE, HOUR, SECOND, 7 * DAY)?,
+        };
+
+        let interval = self.duration(
+            vars::DB_HEALTH_CHECK_INTERVAL,
+            if production { 60 * SECOND } else { 300 * SECOND },
+            100 * MILLISECOND,
+            DAY,
+        )?;
+        let health = HealthConfig {
+            interval,
+            cache_ttl: self.duration(vars::DB_HEALTH_CACHE_TTL, interval, MILLISECOND, DAY)?,
+            thresholds: ProbeThresholds {
+                timeout: self.duration(vars::DB_HEALTH_TIMEOUT, 5 * SECOND, MILLISECOND, 10 * 60 * SECOND)?,
+                degraded_latency: self.duration(
+                    vars::DB_HEALTH_DEGRADED_LATENCY,
+                    ProbeThresholds::default().degraded_latency,
+                    MILLISECOND,
+                    10 * 60 * SECOND,
+                )?,
+            },
+        };
+
+        let echo = self.boolean(vars::DB_ECHO)?.unwrap_or(!production);
+        let ssl_mode = self.ssl_mode(&url, profile)?;
+        let retry = self.retry()?;
+        let breaker = BreakerConfig {
+            consecutive_failures: self.integer(vars::DB_BREAKER_FAILURES, 5, 1, 1000)?,
+            cool_down: self.duration(vars::DB_BREAKER_COOLDOWN, 5 * SECOND, MILLISECOND, HOUR)?,
+            ..BreakerConfig::default()
+        };
+        let service = self.service(profile)?;
+
+        Ok(DbConfig {
+            profile,
+            url,
+            test_url,
+            pool,
+            health,
+            echo,
+            ssl_mode,
+            retry,
+            breaker,
+            service,
+            unknown_variables: self.unknown_variables(),
+        })
+    }
+
+    fn ssl_mode(&self, url: &DatabaseUrl, profile: Profile) -> Result<SslMode, ConfigError> {
+        let db_ssl = self.boolean(vars::DB_SSL)?;
+        if url.database_type() == DatabaseType::Sqlite {
+            return Ok(SslMode::Disable);
+        }
+        let from_url = match url.param("sslmode") {
+            None => None,
+            Some(raw) => Some(SslMode::parse(raw).ok_or_else(|| ConfigError::Invalid {
+                variable: vars::DATABASE_URL,
+                value: format!("sslmode={raw}"),
+                expected: format!("sslmode one of {}", SslMode::ACCEPTED),
+            })?),
+        };
+        let mode = match (db_ssl, from_url) {
+            (Some(true), Some(mode)) if !mode.is_encrypted() => {
+                return Err(ConfigError::Conflict {
+                    variable: vars::DB_SSL,
+                    reason: format!(
+                        "is true but DATABASE_URL has sslmode={}; remove one or make them agree",
+                        mode.as_str()
+                    ),
+                });
+            }
+            (Some(false), Some(mode)) if mode.is_encrypted() => {
+                return Err(ConfigError::Conflict {
+                    variable: vars::DB_SSL,
+                    reason: format!(
+                        "is false but DATABASE_URL has sslmode={}; remove one or make them agree",
+                        mode.as_str()
+                    ),
+                });
+            }
+            (_, Some(mode)) => mode,
+            (Some(true), None) => SslMode::Require,
+            (Some(false), None) => SslMode::Disable,
+            (None, None) if profile == Profile::Production => SslMode::Require,
+            (None, None) => SslMode::Prefer,
+        };
+        if profile == Profile::Production && !mode.is_encrypted() && db_ssl != Some(false) {
+            return Err(ConfigError::Conflict {
+                variable: vars::DB_SSL,
+                reason: format!(
+                    "the production profile requires TLS but DATABASE_URL has sslmode={}; use sslmode=require \
+                     (or verify-full), or set DB_SSL=false to opt out explicitly",
+                    mode.as_str()
+                ),
+            });
+        }
+        Ok(mode)
+    }
+
+    fn retry(&self) -> Result<RetryPolicy, ConfigError> {
+        let defaults = RetryPolicy::default();
+        let max_retries =
+            self.integer(vars::DB_RETRY_MAX_ATTEMPTS, defaults.max_retries(), 0, RetryPolicy::MAX_RETRIES_LIMIT)?;
+        let base = self.duration(vars::DB_RETRY_BASE_DELAY, defaults.base_delay(), MILLISECOND, HOUR)?;
+        let max = self.duration(vars::DB_RETRY_MAX_DELAY, defaults.max_delay().max(base), MILLISECOND, HOUR)?;
+        let jitter = match self.get(vars::DB_RETRY_JITTER) {
+            None => Jitter::None,
+            Some(raw) => Jitter::parse(raw).ok_or_else(|| ConfigError::Invalid {
+                variable: vars::DB_RETRY_JITTER,
+                value: raw.to_owned(),
+                expected: format!("one of {}", Jitter::ACCEPTED),
+            })?,
+        };
+        RetryPolicy::builder().max_retries(max_retries).base_delay(base).max_delay(max).jitter(jitter).build().map_err(
+            |err| ConfigError::Conflict {
+                variable: vars::DB_RETRY_MAX_DELAY,
+                reason: format!("{err}; raise DB_RETRY_MAX_DELAY or lower DB_RETRY_BASE_DELAY"),
+            },
+        )
+    }
+
+    fn service(&self, profile: Profile) -> Result<ServiceConfig, ConfigError> {
+        let bind = match self.non_empty(vars::DBGUARD_BIND, "host:port, e.g. 127.0.0.1:8080")? {
+            None => "127.0.0.1:8080".to_owned(),
+            Some(bind) => {
+                let valid =
+                    bind.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+                if !valid {
+                    return Err(ConfigError::Invalid {
+                        variable: vars::DBGUARD_BIND,
+                        value: bind,
+                        expected: "host:port, e.g. 127.0.0.1:8080 or 0.0.0.0:8080".to_owned(),
+                    });
+                }
+                bind
+            }
+        };
+        let secret = match self.get(vars::JWT_SECRET) {
+            None => None,
+            Some(raw) if raw.len() < 32 => {
+                return Err(ConfigError::Invalid {
+                    variable: vars::JWT_SECRET,
+                    value: "<redacted>".to_owned(),
+                    expected: format!("a secret of at least 32 bytes (got {})", raw.len()),
+                });
+            }
+            Some(raw) => Some(Secret::new(raw)),
+        };
+        let auth = AuthConfig {
+            secret,
+            public_key_file: self.non_empty(vars::JWT_PUBLIC_KEY_FILE, "a path to a PEM public key")?,
+            issuer: self.non_empty(vars::JWT_ISSUER, "the expected iss claim")?,
+            audience: self.non_empty(vars::JWT_AUDIENCE, "the expected aud claim")?,
+        };
+        if auth.secret.is_some() && auth.public_key_file.is_some() {
+            return Err(ConfigError::Conflict {
+                variable: vars::JWT_PUBLIC_KEY_FILE,
+                reason: "JWT_SECRET and JWT_PUBLIC_KEY_FILE are both set; choose one algorithm".to_owned(),
+            });
+        }
+        if profile == Profile::Production && auth.secret.is_none() && auth.public_key_file.is_none() {
+            return Err(ConfigError::Missing {
+                variable: vars::JWT_SECRET,
+                profile,
+                hint: "set JWT_SECRET (or JWT_SECRET_FILE) or JWT_PUBLIC_KEY_FILE so the API can verify tokens",
+            });
+        }
+        Ok(ServiceConfig {
+            bind,
+            plugin_dir: self.non_empty(vars::DBGUARD_PLUGIN_DIR, "a directory path")?,
+            metrics_auth: self.boolean(vars::DBGUARD_METRICS_AUTH)?.unwrap_or(false),
+            auth,
+        })
+    }
+
+    fn unknown_variables(&self) -> Vec<String> {
+        self.env
+            .keys()
+            .filter(|name| name.starts_with("DB_") || name.starts_with("DBGUARD_"))
+            .filter(|name| !vars::ALL.contains(&name.as_str()))
+            .cloned()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

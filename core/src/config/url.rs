@@ -1,0 +1,355 @@
+//! Database URLs that never show their password.
+
+use core::fmt;
+
+use percent_encoding::percent_decode_str;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The database engines dbguard speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DatabaseType {
+    /// PostgreSQL (`postgres://`, `postgresql://`).
+    Postgresql,
+    /// SQLite (`sqlite://path`, `sqlite::memory:`).
+    Sqlite,
+}
+
+impl DatabaseType {
+    /// The lowercase name used in reports and metrics.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Postgresql => "postgresql",
+            Self::Sqlite => "sqlite",
+        }
+    }
+}
+
+impl fmt::Display for DatabaseType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One `host[:port]` of a (possibly multi-host) PostgreSQL URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    /// Host name or address (IPv6 without brackets).
+    pub host: String,
+    /// Port, if given.
+    pub port: Option<u16>,
+}
+
+/// Why a URL could not be parsed (the caller adds the variable name and redacted value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum UrlError {
+    UnsupportedScheme(String),
+    Malformed(&'static str),
+}
+
+/// A parsed database URL. `Debug` and `Display` show it with the password replaced by `***`;
+/// only [`DatabaseUrl::expose_secret`] returns the original text, for handing to a driver.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl {
+    raw: String,
+    database_type: DatabaseType,
+    user: Option<String>,
+    has_password: bool,
+    hosts: Vec<HostPort>,
+    database: Option<String>,
+    params: Vec<(String, String)>,
+    sqlite_path: Option<String>,
+}
+
+impl DatabaseUrl {
+    /// Parses `postgres://user:pass@host:port,host2/db?k=v`, `sqlite://path?k=v`,
+    /// `sqlite:///absolute/path` or `sqlite::memory:`.
+    pub(crate) fn parse(raw: &str) -> Result<Self, UrlError> {
+        let raw = raw.trim();
+        let scheme_end = raw.find(':').ok_or(UrlError::Malformed("no scheme (expected e.g. postgres://…)"))?;
+        let scheme = raw[..scheme_end].to_ascii_lowercase();
+        match scheme.as_str() {
+            "postgres" | "postgresql" => Self::parse_postgres(raw, scheme_end),
+            "sqlite" => Self::parse_sqlite(raw, scheme_end),
+            _ => Err(UrlError::UnsupportedScheme(raw[..scheme_end].to_owned())),
+        }
+    }
+
+    fn parse_postgres(raw: &str, scheme_end: usize) -> Result<Self, UrlError> {
+        let rest = raw[scheme_end..].strip_prefix("://").ok_or(UrlError::Malformed("expected :// after the scheme"))?;
+        let (before_query, query) = split_once_or_all(rest, '?');
+        let (authority, path) = split_once_or_all(before_query, '/');
+        let (userinfo, hostlist) = match authority.rfind('@') {
+            Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
+            None => (None, authority),
+        };
+        let (user, has_password) = match userinfo {
+            None => (None, false),
+            Some(info) => {
+                let (user, password) = split_once_or_all(info, ':');
+                (Some(decode(user)?).filter(|u| !u.is_empty()), password.is_some())
+            }
+        };
+        let mut hosts = Vec::new();
+        for part in hostlist.split(',').filter(|p| !p.is_empty()) {
+            hosts.push(parse_host_port(part)?);
+        }
+        let params = parse_params(query)?;
+        let database = match path {
+            Some(p) if !p.is_empty() => Some(decode(p)?),
+            _ => None,
+        };
+        Ok(Self {
+            raw: raw.to_owned(),
+            database_type: DatabaseType::Postgresql,
+            user,
+            has_password: has_password || params.iter().any(|(k, _)| k == "password"),
+            hosts,
+            database,
+            params,
+            sqlite_path: None,
+        })
+    }
+
+    fn parse_sqlite(raw: &str, scheme_end: usize) -> Result<Self, UrlError> {
+        let after = &raw[scheme_end + 1..];
+        let body = after.strip_prefix("//").unwrap_or(after);
+        let (path, query) = split_once_or_all(body, '?');
+        let path = decode(path)?;
+        if path.is_empty() {
+            return Err(UrlError::Malformed("no database file (expected sqlite://path/to/file.db or sqlite::memory:)"));
+        }
+        Ok(Self {
+            raw: raw.to_owned(),
+            database_type: DatabaseType::Sqlite,
+            user: None,
+            has_password: false,
+            hosts: Vec::new(),
+            database: Some(path.clone()),
+            params: parse_params(query)?,
+            sqlite_path: Some(path),
+        })
+    }
+
+    /// The URL exactly as configured, password included. Hand it to a driver; never log it.
+    pub fn expose_secret(&self) -> &str {
+        &self.raw
+    }
+
+    /// PostgreSQL or SQLite.
+    pub fn database_type(&self) -> DatabaseType {
+        self.database_type
+    }
+
+    /// The login user, if the URL names one.
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    /// Whether the URL carries a password.
+    pub fn has_password(&self) -> bool {
+        self.has_password
+    }
+
+    /// PostgreSQL hosts in order (several for failover); empty for SQLite.
+    pub fn hosts(&self) -> &[HostPort] {
+        &self.hosts
+    }
+
+    /// The database name (PostgreSQL) or file path (SQLite).
+    pub fn database(&self) -> Option<&str> {
+        self.database.as_deref()
+    }
+
+    /// A query parameter's value (`sslmode`, `mode`, …).
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The SQLite file path, `None` for PostgreSQL.
+    pub fn sqlite_path(&self) -> Option<&str> {
+        self.sqlite_path.as_deref()
+    }
+
+    /// Whether this is an in-memory SQLite database.
+    pub fn is_sqlite_memory(&self) -> bool {
+        self.sqlite_path.as_deref().is_some_and(|p| p == ":memory:" || self.param("mode") == Some("memory"))
+    }
+
+    /// The URL with the password replaced by `***`: safe for logs and errors.
+    pub fn redacted(&self) -> String {
+        redact(&self.raw)
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("DatabaseUrl").field(&self.redacted()).finish()
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Replaces the password in any URL-like text with `***`: the `user:password@` part and any
+/// `password=` query or keyword parameter. Works on text that does not parse, so error
+/// messages about a malformed URL stay safe.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let authority_start = text.find("://").map(|i| i + 3);
+    match authority_start {
+        Some(start) => {
+            let authority_end = text[start..].find(['/', '?']).map_or(text.len(), |i| start + i);
+            let authority = &text[start..authority_end];
+            out.push_str(&text[..start]);
+            match authority.rfind('@') {
+                Some(at) => {
+                    let userinfo = &authority[..at];
+                    match userinfo.find(':') {
+                        Some(colon) => {
+                            out.push_str(&userinfo[..colon]);
+                            out.push_str(":***");
+                        }
+                        None => out.push_str(userinfo),
+                    }
+                    out.push_str(&authority[at..]);
+                }
+                None => out.push_str(authority),
+            }
+            out.push_str(&redact_password_params(&text[authority_end..]));
+        }
+        None => out.push_str(&redact_password_params(text)),
+    }
+    out
+}
+
+fn redact_password_params(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(found) = find_ascii_case_insensitive(rest, "password=") {
+        let value_start = found + "password=".len();
+        out.push_str(&rest[..value_start]);
+        out.push_str("***");
+        let value_len = rest[value_start..].find(['&', ' ']).unwrap_or(rest.len() - value_start);
+        rest = &rest[value_start + value_len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn find_ascii_case_insensitive(haystack: &str, needle: &str) -> Option<usize> {
+    haystack.as_bytes().windows(needle.len()).position(|window| window.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
+fn split_once_or_all(text: &str, separator: char) -> (&str, Option<&str>) {
+    match text.split_once(separator) {
+        Some((head, tail)) => (head, Some(tail)),
+        None => (text, None),
+    }
+}
+
+fn decode(text: &str) -> Result<String, UrlError> {
+    percent_decode_str(text)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| UrlError::Malformed("percent-encoding does not decode to UTF-8"))
+}
+
+fn parse_host_port(part: &str) -> Result<HostPort, UrlError> {
+    let (host, port) = if let Some(bracketed) = part.strip_prefix('[') {
+        let (host, after) = bracketed.split_once(']').ok_or(UrlError::Malformed("unclosed [ in IPv6 host"))?;
+        (host, after.strip_prefix(':'))
+    } else {
+        split_once_or_all(part, ':')
+    };
+    if host.is_empty() {
+        return Err(UrlError::Malformed("empty host"));
+    }
+    let port = match port {
+        None => None,
+        Some(p) => Some(p.parse::<u16>().ok().filter(|p| *p != 0).ok_or(UrlError::Malformed("port must be 1-65535"))?),
+    };
+    Ok(HostPort { host: decode(host)?, port })
+}
+
+fn parse_params(query: Option<&str>) -> Result<Vec<(String, String)>, UrlError> {
+    let Some(query) = query else { return Ok(Vec::new()) };
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = split_once_or_all(pair, '=');
+            Ok((decode(key)?, decode(value.unwrap_or(""))?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_parts() {
+        let url = DatabaseUrl::parse("postgresql://app:s3cr%40t@db1:5433,db2/orders?sslmode=require").expect("parses");
+        assert_eq!(url.database_type(), DatabaseType::Postgresql);
+        assert_eq!(url.user(), Some("app"));
+        assert!(url.has_password());
+        assert_eq!(url.hosts().len(), 2);
+        assert_eq!(url.hosts()[0], HostPort { host: "db1".into(), port: Some(5433) });
+        assert_eq!(url.hosts()[1], HostPort { host: "db2".into(), port: None });
+        assert_eq!(url.database(), Some("orders"));
+        assert_eq!(url.param("sslmode"), Some("require"));
+    }
+
+    #[test]
+    fn ipv6_and_bad_ports() {
+        let url = DatabaseUrl::parse("postgres://[::1]:5432/x").expect("parses");
+        assert_eq!(url.hosts()[0], HostPort { host: "::1".into(), port: Some(5432) });
+        assert!(DatabaseUrl::parse("postgres://h:0/x").is_err());
+        assert!(DatabaseUrl::parse("postgres://h:99999/x").is_err());
+        assert!(DatabaseUrl::parse("postgres://h:abc/x").is_err());
+    }
+
+    #[test]
+    fn sqlite_forms() {
+        let file = DatabaseUrl::parse("sqlite://data/app.db?mode=rwc").expect("parses");
+        assert_eq!(file.sqlite_path(), Some("data/app.db"));
+        assert_eq!(file.param("mode"), Some("rwc"));
+        let absolute = DatabaseUrl::parse("sqlite:///var/lib/app.db").expect("parses");
+        assert_eq!(absolute.sqlite_path(), Some("/var/lib/app.db"));
+        assert!(DatabaseUrl::parse("sqlite::memory:").expect("parses").is_sqlite_memory());
+        assert!(DatabaseUrl::parse("sqlite://:memory:").expect("parses").is_sqlite_memory());
+        assert!(DatabaseUrl::parse("sqlite://").is_err());
+    }
+
+    #[test]
+    fn schemes() {
+        assert_eq!(DatabaseUrl::parse("mysql://u@h/d"), Err(UrlError::UnsupportedScheme("mysql".into())));
+        assert!(matches!(DatabaseUrl::parse("no-scheme-here"), Err(UrlError::Malformed(_))));
+        assert!(DatabaseUrl::parse("POSTGRES://h/d").is_ok());
+    }
+
+    #[test]
+    fn password_never_shown() {
+        let secret = "hunter2-Very-Secret";
+        for text in [
+            format!("postgres://app:{secret}@db/x"),
+            format!("postgres://app:{secret}@db1,db2:5433/x?sslmode=require"),
+            format!("postgres://db/x?user=app&password={secret}"),
+            format!("postgres://db/x?PASSWORD={secret}&sslmode=disable"),
+        ] {
+            let url = DatabaseUrl::parse(&text).expect("parses");
+            for shown in [format!("{url}"), format!("{url:?}"), url.redacted(), redact(&text)] {
+                assert!(!shown.contains(secret), "{shown}");
+                assert!(shown.contains("***"), "{shown}");
+            }
+        }
+        assert_eq!(redact("postgres://app:pw@db:5432/x"), "postgres://app:***@db:5432/x");
+        assert_eq!(redact("garbage://u:pw@@h"), "garbage://u:***@h");
+        assert_eq!(redact("host=db password=pw user=x"), "host=db password=*** user=x");
+    }
+}

@@ -212,6 +212,14 @@ fn runs_in(pid: u32, dir: &Path) -> bool {
     String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy())
 }
 
+/// A command sending SIGKILL to `pids`, through the shell's `kill` builtin so that it works
+/// without procps (no signal API is reachable from safe std).
+fn sigkill(pids: &[u32]) -> std::process::Command {
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", "kill -9 \"$@\"", "sh"]).args(pids.iter().map(u32::to_string));
+    cmd
+}
+
 fn children_of(parent: u32) -> Vec<u32> {
     std::fs::read_dir("/proc")
         .into_iter()
@@ -445,8 +453,7 @@ impl PgCluster {
         };
         let mut victims = vec![pid];
         victims.extend(children_of(pid));
-        let mut cmd = tokio::process::Command::new("kill");
-        cmd.arg("-KILL").args(victims.iter().map(u32::to_string));
+        let cmd = tokio::process::Command::from(sigkill(&victims));
         // Some may already be gone; what matters is that none is left afterwards.
         let _ = self.run_plain(cmd, "kill -KILL").await;
         let deadline = Instant::now() + WAIT_LIMIT;
@@ -661,11 +668,7 @@ impl PgCluster {
         if !stopped && is_alive(pid) {
             let mut victims = vec![pid];
             victims.extend(children_of(pid));
-            let _ = std::process::Command::new("kill")
-                .arg("-KILL")
-                .args(victims.iter().map(u32::to_string))
-                .stderr(Stdio::null())
-                .status();
+            let _ = sigkill(&victims).stderr(Stdio::null()).status();
             let deadline = Instant::now() + Duration::from_secs(10);
             while victims.iter().any(|&p| is_alive(p)) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
@@ -713,11 +716,7 @@ fn sweep_orphans() {
             if let Some(pid) = pid.filter(|&p| is_alive(p) && runs_in(p, &path)) {
                 let mut victims = vec![pid];
                 victims.extend(children_of(pid));
-                let _ = std::process::Command::new("kill")
-                    .arg("-KILL")
-                    .args(victims.iter().map(u32::to_string))
-                    .stderr(Stdio::null())
-                    .status();
+                let _ = sigkill(&victims).stderr(Stdio::null()).status();
             }
             let _ = std::fs::remove_dir_all(&path);
         }

@@ -1,0 +1,80 @@
+//! The one clock and the one sleep of the native host.
+//!
+//! Core works on [`dbguard_core::Instant`] (monotonic nanoseconds); this module maps it onto
+//! tokio's clock, so paused-time tests drive everything through the same seam.
+
+use std::time::{Duration, SystemTime};
+
+use dbguard_core::Instant;
+
+/// Monotonic time for core, measured from when the clock was created.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    origin: tokio::time::Instant,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock {
+    /// A clock whose origin is now.
+    pub fn new() -> Self {
+        Self { origin: tokio::time::Instant::now() }
+    }
+
+    /// Now, for core.
+    pub fn now(&self) -> Instant {
+        Instant::from_nanos(u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    /// Sleeps until `deadline`. Wakes early are re-checked against the clock rather than trusted.
+    pub async fn sleep_until(&self, deadline: Instant) {
+        loop {
+            let now = self.now();
+            if now >= deadline {
+                return;
+            }
+            tokio::time::sleep(deadline.saturating_duration_since(now)).await;
+        }
+    }
+
+    /// Core's instant as a tokio instant (for timeouts).
+    pub fn to_tokio(&self, instant: Instant) -> tokio::time::Instant {
+        self.origin + Duration::from_nanos(instant.as_nanos())
+    }
+}
+
+/// Wall-clock time as RFC 3339 (UTC, millisecond precision), for reports and error bodies.
+pub fn rfc3339(at: SystemTime) -> String {
+    let at = time::OffsetDateTime::from(at);
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    at.format(&format).unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".to_owned())
+}
+
+/// Now as RFC 3339.
+pub fn rfc3339_now() -> String {
+    rfc3339(SystemTime::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc3339_utc() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        assert_eq!(rfc3339(at), "2023-11-14T22:13:20.123Z");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sleeps_until_the_deadline_on_paused_time() {
+        let clock = Clock::new();
+        let deadline = clock.now() + Duration::from_secs(4);
+        clock.sleep_until(deadline).await;
+        assert!(clock.now() >= deadline);
+    }
+}

@@ -1,0 +1,298 @@
+//! The health service: cached reports, single-flight probes, and the background monitor.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use dbguard_core::health::probe::{postgres_checks, sqlite_checks};
+use dbguard_core::health::{PostgresObservations, ProbeThresholds, RoundTrip, SqliteObservations};
+use dbguard_core::{CachedReport, DatabaseType, DbConfig, HealthReport, HealthStatus, Instant};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, Statement};
+
+use crate::classify::classify_db_err;
+use crate::clock::rfc3339_now;
+use crate::manager::{DbManager, Inner, record_breaker_state};
+use crate::pool;
+
+/// `PRAGMA quick_check` reads the whole file: run it on the first probe and every Nth after.
+const QUICK_CHECK_EVERY: u64 = 10;
+
+pub(crate) struct HealthState {
+    cache: ArcSwapOption<CachedReport>,
+    /// Held while a probe runs: concurrent callers wait for it instead of probing again.
+    probe_lock: tokio::sync::Mutex<()>,
+    probes_started: AtomicU64,
+    stale: AtomicBool,
+    monitor_stop: tokio::sync::Notify,
+    monitor_running: AtomicBool,
+    ttl: Duration,
+}
+
+impl HealthState {
+    pub(crate) fn new(config: &DbConfig) -> Self {
+        Self {
+            cache: ArcSwapOption::empty(),
+            probe_lock: tokio::sync::Mutex::new(()),
+            probes_started: AtomicU64::new(0),
+            stale: AtomicBool::new(false),
+            monitor_stop: tokio::sync::Notify::new(),
+            monitor_running: AtomicBool::new(false),
+            ttl: config.health.cache_ttl,
+        }
+    }
+
+    /// Forces the next reader to probe.
+    pub(crate) fn mark_stale(&self) {
+        self.stale.store(true, Ordering::Release);
+    }
+
+    /// Forces a probe only if the cache still claims everything is fine: under a failure storm
+    /// this keeps probes to one per outage instead of one per failed call.
+    pub(crate) fn mark_stale_if_healthy(&self) {
+        let healthy = self.cache.load().as_ref().is_some_and(|c| c.report.status == HealthStatus::Healthy);
+        if healthy {
+            self.mark_stale();
+        }
+    }
+
+    pub(crate) fn stop_monitor(&self) {
+        self.monitor_stop.notify_waiters();
+    }
+
+    fn fresh(&self, now: Instant) -> Option<Arc<CachedReport>> {
+        if self.stale.load(Ordering::Acquire) {
+            return None;
+        }
+        self.cache.load_full().filter(|cached| cached.is_fresh(now, self.ttl))
+    }
+}
+
+impl DbManager {
+    /// The health report: from the cache while fresh (unless `force`), otherwise from one probe
+    /// shared by every concurrent caller (a thousand simultaneous requests cause one round
+    /// trip). Never hangs: the probe has its own timeout.
+    pub async fn check_health(&self, force: bool) -> Arc<HealthReport> {
+        let inner = &self.inner;
+        let asked_at = inner.clock.now();
+        if !force && let Some(cached) = inner.health.fresh(asked_at) {
+            return shared_report(cached);
+        }
+        let _probing = inner.health.probe_lock.lock().await;
+        // A probe that finished while we waited for the lock answers this request too.
+        if let Some(cached) = inner.health.cache.load_full()
+            && cached.probed_at >= asked_at
+            && !inner.health.stale.load(Ordering::Acquire)
+        {
+            return shared_report(cached);
+        }
+        inner.health.stale.store(false, Ordering::Release);
+        let report = self.probe().await;
+        let cached = Arc::new(CachedReport::new(report, inner.clock.now()));
+        inner.health.cache.store(Some(cached.clone()));
+        shared_report(cached)
+    }
+
+    /// The cached report without probing, if any probe has run.
+    pub fn cached_health(&self) -> Option<Arc<HealthReport>> {
+        self.inner.health.cache.load_full().map(shared_report)
+    }
+
+    /// Starts the background monitor: a probe now and every `DB_HEALTH_CHECK_INTERVAL`, keeping
+    /// the cache and the breaker current. Stops when the manager is closed or dropped.
+    pub fn spawn_monitor(&self) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(&self.inner);
+        let interval = self.inner.config.health.interval;
+        self.inner.health.monitor_running.store(true, Ordering::Release);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                let manager = DbManager { inner };
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    _ = manager.inner.health.monitor_stop.notified() => return,
+                }
+                let report = manager.check_health(true).await;
+                tracing::debug!(status = ?report.status, "health monitor probe");
+            }
+        })
+    }
+
+    /// Health probes run so far.
+    pub fn probe_count(&self) -> u64 {
+        self.inner.stats.probes()
+    }
+
+    async fn probe(&self) -> HealthReport {
+        let inner = &self.inner;
+        let config = &inner.config;
+        let thresholds = config.health.thresholds;
+        let started = tokio::time::Instant::now();
+        let number = inner.health.probes_started.fetch_add(1, Ordering::Relaxed);
+        let slot = self.pool_slot();
+        let span = tracing::debug_span!("health_probe", database = config.database_type().as_str());
+        let _entered = span.enter();
+        let (version, checks, failure) = match config.database_type() {
+            DatabaseType::Postgresql => {
+                let (version, observed, failure) = observe_postgres(&slot.db, &thresholds, inner).await;
+                (version, postgres_checks(&observed, &thresholds), failure)
+            }
+            DatabaseType::Sqlite => {
+                let quick_check = number.is_multiple_of(QUICK_CHECK_EVERY);
+                let (version, observed, failure) = observe_sqlite(&slot.db, &thresholds, quick_check, inner).await;
+                (version, sqlite_checks(&observed, &thresholds), failure)
+            }
+        };
+        let elapsed = started.elapsed();
+        let report = HealthReport::from_checks(
+            config.database_type(),
+            version,
+            rfc3339_now(),
+            elapsed.as_secs_f64() * 1000.0,
+            pool::status(&slot.db, config),
+            checks,
+        );
+        let status_label = match report.status {
+            HealthStatus::Healthy => "healthy",
+            HealthStatus::Degraded => "degraded",
+            HealthStatus::Unhealthy => "unhealthy",
+        };
+        inner.stats.on_probe(status_label, elapsed);
+        let now = inner.clock.now();
+        match failure {
+            // The database answered: a breaker waiting out its cool-down can close now.
+            None => {
+                let reopened = inner.with_guard(|guard| {
+                    let was_open = guard.breaker.state(now) != dbguard_core::BreakerState::Closed;
+                    if was_open {
+                        guard.breaker.reset();
+                    }
+                    was_open
+                });
+                if reopened {
+                    record_breaker_state(dbguard_core::BreakerState::Closed);
+                    tracing::info!("health probe succeeded; circuit breaker closed");
+                }
+            }
+            Some(class) => {
+                inner.with_guard(|guard| guard.breaker.on_failure(now, class));
+            }
+        }
+        if report.status != HealthStatus::Healthy {
+            tracing::warn!(status = status_label, message = %report.message, "database health");
+        }
+        report
+    }
+}
+
+fn shared_report(cached: Arc<CachedReport>) -> Arc<HealthReport> {
+    // The report is immutable once cached; share it without copying.
+    Arc::new(cached.report.clone())
+}
+
+type Failure = Option<dbguard_core::ErrorClass>;
+
+async fn timed<T>(
+    timeout: Duration,
+    fut: impl std::future::Future<Output = Result<T, DbErr>>,
+) -> Result<(T, Duration), Result<DbErr, ()>> {
+    let started = tokio::time::Instant::now();
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(value)) => Ok((value, started.elapsed())),
+        Ok(Err(err)) => Err(Ok(err)),
+        Err(_) => Err(Err(())),
+    }
+}
+
+fn failed_round_trip(outcome: Result<DbErr, ()>, inner: &Inner) -> (RoundTrip, Failure) {
+    match outcome {
+        Ok(err) => {
+            let class = classify_db_err(&err).class;
+            (RoundTrip::Failed(format!("{class}: {}", inner.redactor.scrub(&err.to_string()))), Some(class))
+        }
+        Err(()) => (RoundTrip::TimedOut, Some(dbguard_core::ErrorClass::Timeout)),
+    }
+}
+
+async fn observe_postgres(
+    db: &DatabaseConnection,
+    thresholds: &ProbeThresholds,
+    inner: &Inner,
+) -> (Option<String>, PostgresObservations, Failure) {
+    let backend = db.get_database_backend();
+    let deadline = tokio::time::Instant::now() + thresholds.timeout;
+    let round_trip = timed(thresholds.timeout, db.execute_unprepared("SELECT 1")).await;
+    let elapsed = match round_trip {
+        Ok((_, elapsed)) => elapsed,
+        Err(outcome) => {
+            let (round_trip, failure) = failed_round_trip(outcome, inner);
+            return (None, PostgresObservations { round_trip, in_recovery: None, read_only: None }, failure);
+        }
+    };
+    let details = Statement::from_string(
+        backend,
+        "SELECT current_setting('server_version') AS version, pg_is_in_recovery() AS in_recovery, \
+         current_setting('transaction_read_only') = 'on' AS read_only",
+    );
+    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(1));
+    let row = tokio::time::timeout(remaining, db.query_one_raw(details)).await.ok().and_then(Result::ok).flatten();
+    let version = row.as_ref().and_then(|r| r.try_get::<String>("", "version").ok());
+    let in_recovery = row.as_ref().and_then(|r| r.try_get::<bool>("", "in_recovery").ok());
+    let read_only = row.as_ref().and_then(|r| r.try_get::<bool>("", "read_only").ok());
+    (version, PostgresObservations { round_trip: RoundTrip::Answered(elapsed), in_recovery, read_only }, None)
+}
+
+async fn observe_sqlite(
+    db: &DatabaseConnection,
+    thresholds: &ProbeThresholds,
+    quick_check: bool,
+    inner: &Inner,
+) -> (Option<String>, SqliteObservations, Failure) {
+    let backend = db.get_database_backend();
+    let round_trip = timed(thresholds.timeout, db.execute_unprepared("SELECT 1")).await;
+    let elapsed = match round_trip {
+        Ok((_, elapsed)) => elapsed,
+        Err(outcome) => {
+            let (round_trip, failure) = failed_round_trip(outcome, inner);
+            let observed = SqliteObservations { round_trip, journal_mode: None, quick_check: None, size_bytes: None };
+            return (None, observed, failure);
+        }
+    };
+    let one = |sql: &str| db.query_one_raw(Statement::from_string(backend, sql.to_owned()));
+    let within = |fut| tokio::time::timeout(thresholds.timeout, fut);
+    let version = within(one("SELECT sqlite_version() AS v"))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten()
+        .and_then(|r| r.try_get::<String>("", "v").ok());
+    let journal_mode = within(one("PRAGMA journal_mode"))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten()
+        .and_then(|r| r.try_get_by_index::<String>(0).ok())
+        .map(|mode| mode.to_ascii_lowercase());
+    let quick_check = if quick_check {
+        within(one("PRAGMA quick_check"))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten()
+            .and_then(|r| r.try_get_by_index::<String>(0).ok())
+    } else {
+        None
+    };
+    let size_bytes = within(one("SELECT page_count * page_size AS size FROM pragma_page_count(), pragma_page_size()"))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten()
+        .and_then(|r| r.try_get::<i64>("", "size").ok())
+        .and_then(|size| u64::try_from(size).ok());
+    let observed =
+        SqliteObservations { round_trip: RoundTrip::Answered(elapsed), journal_mode, quick_check, size_bytes };
+    (version, observed, None)
+}

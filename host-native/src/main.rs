@@ -1,0 +1,6 @@
+//! The `dbguard` command.
+
+fn main() {
+    eprintln!("dbguard: the command-line interface is not built yet");
+    std::process::exit(64);
+}

@@ -1,0 +1,373 @@
+//! [`DbManager`]: the pool, the guard state and the health service behind one cheap handle.
+
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use dbguard_core::{
+    BreakerState, CircuitBreaker, ConnectionInfo, DatabaseStatus, DbConfig, Decision, ErrorClass, HealthReport,
+    Idempotency, Instant, PluginStatus, PoolStatus, RetryBudget, RetryState,
+};
+use sea_orm::DatabaseConnection;
+
+use crate::classify::classify_db_err;
+use crate::clock::Clock;
+use crate::health::HealthState;
+use crate::pool;
+use crate::runner::RetryAdvisor;
+use crate::secrets::Redactor;
+use crate::stats::Stats;
+
+/// Retries the shared budget allows in a burst, and how fast it refills (per second).
+const RETRY_BUDGET_CAPACITY: u32 = 100;
+const RETRY_BUDGET_REFILL_PER_SEC: u32 = 20;
+
+/// Guarded database access: pools, retries, breaker, health, reconnect, metrics.
+///
+/// Cloning is cheap and every clone shares the same state.
+#[derive(Clone)]
+pub struct DbManager {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for DbManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbManager").field("url", &self.inner.config.url).finish_non_exhaustive()
+    }
+}
+
+/// One generation of the pool. A reconnect installs a new slot; the old one closes once the
+/// calls holding it are done.
+pub(crate) struct PoolSlot {
+    pub(crate) db: DatabaseConnection,
+    pub(crate) generation: u64,
+}
+
+/// The breaker and the shared retry budget, updated together under one short lock.
+pub(crate) struct Guard {
+    pub(crate) breaker: CircuitBreaker,
+    pub(crate) budget: RetryBudget,
+}
+
+pub(crate) struct AdvisorSlot(pub(crate) Arc<dyn RetryAdvisor>);
+
+/// Supplies plugin rows for the status page (implemented by the plugin host integration).
+pub trait PluginDirectory: Send + Sync {
+    /// The loaded plugins.
+    fn plugins(&self) -> Vec<PluginStatus>;
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: DbConfig,
+    pub(crate) redactor: Redactor,
+    pub(crate) clock: Clock,
+    pool: ArcSwap<PoolSlot>,
+    generation: AtomicU64,
+    guard: Mutex<Guard>,
+    pub(crate) advisor: ArcSwapOption<AdvisorSlot>,
+    plugin_directory: ArcSwapOption<Box<dyn PluginDirectory>>,
+    pub(crate) stats: Stats,
+    pub(crate) health: HealthState,
+    reconnect_lock: tokio::sync::Mutex<()>,
+    seed: AtomicU64,
+    last_connectivity_class: AtomicU8,
+}
+
+/// Why the manager could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The database did not accept a connection within the retry policy.
+    #[error("could not connect to {target} after {attempts} attempts: {class}: {cause}")]
+    Unreachable {
+        /// `postgresql at host:port` or `sqlite at path` (never a password).
+        target: String,
+        /// Connection attempts made.
+        attempts: u32,
+        /// The last failure's class.
+        class: ErrorClass,
+        /// The last failure, scrubbed of secrets.
+        cause: String,
+    },
+    /// The SQLite database's directory could not be created.
+    #[error("cannot prepare the SQLite database directory for {path}: {cause}")]
+    SqliteDirectory {
+        /// The database path.
+        path: String,
+        /// The I/O error.
+        cause: String,
+    },
+}
+
+impl Inner {
+    pub(crate) fn with_guard<R>(&self, f: impl FnOnce(&mut Guard) -> R) -> R {
+        // A poisoned lock only means another thread panicked mid-update; the breaker and budget
+        // remain structurally valid, so keep using them.
+        let mut guard = self.guard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut guard)
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn next_seed(&self) -> u64 {
+        self.seed.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+    }
+
+    pub(crate) fn last_connectivity_class(&self) -> ErrorClass {
+        let index = usize::from(self.last_connectivity_class.load(Ordering::Relaxed));
+        ErrorClass::ALL.get(index).copied().unwrap_or(ErrorClass::ConnectionRefused)
+    }
+
+    /// Feeds a failed attempt to the breaker and, for connectivity failures, marks the health
+    /// cache stale so the next reader sees the outage without waiting for the monitor.
+    pub(crate) fn on_attempt_failure(&self, now: Instant, class: ErrorClass) {
+        let before = self.with_guard(|guard| {
+            let before = guard.breaker.state(now);
+            guard.breaker.on_failure(now, class);
+            before
+        });
+        if class.is_connectivity() {
+            if let Some(index) = ErrorClass::ALL.iter().position(|c| *c == class) {
+                self.last_connectivity_class.store(u8::try_from(index).unwrap_or(0), Ordering::Relaxed);
+            }
+            self.health.mark_stale_if_healthy();
+        }
+        let after = self.with_guard(|guard| guard.breaker.state(now));
+        if before != after {
+            record_breaker_state(after);
+            tracing::warn!(from = ?before, to = ?after, class = class.as_str(), "circuit breaker changed state");
+        }
+    }
+}
+
+pub(crate) fn record_breaker_state(state: BreakerState) {
+    let value = match state {
+        BreakerState::Closed => 0.0,
+        BreakerState::HalfOpen => 1.0,
+        BreakerState::Open => 2.0,
+    };
+    metrics::gauge!(crate::stats::names::BREAKER_STATE).set(value);
+}
+
+fn target_of(config: &DbConfig) -> String {
+    let info = config.connection_info();
+    match (info.host, info.port) {
+        (Some(host), Some(port)) => format!("{} at {host}:{port}", info.database_type),
+        _ => format!("{} at {}", info.database_type, info.database.unwrap_or_default()),
+    }
+}
+
+impl DbManager {
+    /// Connects now, retrying per the configured policy; fails with which host, how many
+    /// attempts and the last cause if the database does not answer.
+    pub async fn connect(config: DbConfig) -> Result<Self, ConnectError> {
+        let redactor = Redactor::from_config(&config);
+        Self::prepare(&config)?;
+        let clock = Clock::new();
+        let mut state = RetryState::new(config.retry, Idempotency::Idempotent);
+        let mut attempts = 0u32;
+        let db = loop {
+            attempts += 1;
+            let span = tracing::info_span!("connect", target = %target_of(&config), attempt = attempts);
+            let result = {
+                let _entered = span.enter();
+                tracing::info!(url = %config.url, "connecting");
+                pool::open(&config, false).await
+            };
+            match result {
+                Ok(db) => break db,
+                Err(err) => {
+                    let classified = classify_db_err(&err);
+                    let cause = redactor.scrub(&err.to_string());
+                    match state.on_failure(clock.now(), classified.class) {
+                        Decision::RetryAt(deadline) => {
+                            tracing::warn!(class = classified.class.as_str(), %cause, "connect failed; retrying");
+                            clock.sleep_until(deadline).await;
+                        }
+                        Decision::GiveUp(_) => {
+                            return Err(ConnectError::Unreachable {
+                                target: target_of(&config),
+                                attempts,
+                                class: classified.class,
+                                cause,
+                            });
+                        }
+                    }
+                }
+            }
+        };
+        Ok(Self::assemble(config, redactor, clock, db))
+    }
+
+    /// Starts without waiting for the database: connections open on first use, so a service
+    /// can come up (and report unhealthy) while its database is down, and become ready when
+    /// the database appears, without a restart.
+    pub async fn connect_lazy(config: DbConfig) -> Result<Self, ConnectError> {
+        let redactor = Redactor::from_config(&config);
+        Self::prepare(&config)?;
+        let db = pool::open(&config, true).await.map_err(|err| ConnectError::Unreachable {
+            target: target_of(&config),
+            attempts: 1,
+            class: classify_db_err(&err).class,
+            cause: redactor.scrub(&err.to_string()),
+        })?;
+        Ok(Self::assemble(config, redactor, Clock::new(), db))
+    }
+
+    fn prepare(config: &DbConfig) -> Result<(), ConnectError> {
+        pool::prepare_sqlite_file(config).map_err(|err| ConnectError::SqliteDirectory {
+            path: config.url.sqlite_path().unwrap_or_default().to_owned(),
+            cause: err.to_string(),
+        })
+    }
+
+    fn assemble(config: DbConfig, redactor: Redactor, clock: Clock, db: DatabaseConnection) -> Self {
+        let now = clock.now();
+        let guard = Guard {
+            breaker: CircuitBreaker::new(config.breaker),
+            budget: RetryBudget::new(RETRY_BUDGET_CAPACITY, RETRY_BUDGET_REFILL_PER_SEC, now),
+        };
+        record_breaker_state(BreakerState::Closed);
+        let inner = Inner {
+            health: HealthState::new(&config),
+            config,
+            redactor,
+            clock,
+            pool: ArcSwap::from_pointee(PoolSlot { db, generation: 0 }),
+            generation: AtomicU64::new(0),
+            guard: Mutex::new(guard),
+            advisor: ArcSwapOption::empty(),
+            plugin_directory: ArcSwapOption::empty(),
+            stats: Stats::default(),
+            reconnect_lock: tokio::sync::Mutex::new(()),
+            seed: AtomicU64::new(0x00DB_6A4D),
+            last_connectivity_class: AtomicU8::new(0),
+        };
+        Self { inner: Arc::new(inner) }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &DbConfig {
+        &self.inner.config
+    }
+
+    /// The current pool. Prefer [`DbManager::run`], which retries; this is for code that
+    /// manages its own errors.
+    pub fn connection(&self) -> DatabaseConnection {
+        self.pool_slot().db.clone()
+    }
+
+    pub(crate) fn pool_slot(&self) -> Arc<PoolSlot> {
+        self.inner.pool.load_full()
+    }
+
+    /// What the API may show about the connection (never the password).
+    pub fn info(&self) -> ConnectionInfo {
+        self.inner.config.connection_info()
+    }
+
+    /// The pool's occupancy now.
+    pub fn pool_status(&self) -> PoolStatus {
+        pool::status(&self.pool_slot().db, &self.inner.config)
+    }
+
+    /// The circuit breaker's state now.
+    pub fn breaker_state(&self) -> BreakerState {
+        let now = self.inner.clock.now();
+        self.inner.with_guard(|guard| guard.breaker.state(now))
+    }
+
+    /// Health, pool, counters, breaker, plugins and the last error on one page.
+    pub async fn status(&self) -> DatabaseStatus {
+        let health = self.check_health(false).await;
+        DatabaseStatus {
+            health: (*health).clone(),
+            pool: self.pool_status(),
+            metrics: self.inner.stats.summary(),
+            breaker: self.breaker_state(),
+            plugins: self.inner.plugin_directory.load().as_ref().map(|d| d.plugins()).unwrap_or_default(),
+            last_error: self.inner.stats.last_error(),
+        }
+    }
+
+    /// Counters since start-up.
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    /// Installs (or with `None` removes) a retry policy that replaces the built-in schedule.
+    pub fn set_retry_advisor(&self, advisor: Option<Arc<dyn RetryAdvisor>>) {
+        self.inner.advisor.store(advisor.map(|a| Arc::new(AdvisorSlot(a))));
+    }
+
+    /// Installs the source of plugin rows for [`DbManager::status`].
+    pub fn set_plugin_directory(&self, directory: Option<Box<dyn PluginDirectory>>) {
+        self.inner.plugin_directory.store(directory.map(Arc::new));
+    }
+
+    /// Scrubs secrets from text (for callers building their own messages).
+    pub fn redact(&self, text: &str) -> String {
+        self.inner.redactor.scrub(text)
+    }
+
+    /// Builds a new pool, swaps it in atomically, and closes the old one once in-flight work on
+    /// it has finished. Concurrent requests collapse into one rebuild and share its outcome.
+    /// Returns the health after the rebuild.
+    pub async fn reconnect(&self) -> Result<Arc<HealthReport>, crate::DbError> {
+        let generation_seen = self.inner.generation();
+        let _rebuilding = self.inner.reconnect_lock.lock().await;
+        if self.inner.generation() != generation_seen {
+            // Another caller rebuilt the pool while we waited: share its result.
+            return Ok(self.check_health(false).await);
+        }
+        let span = tracing::info_span!("reconnect", target = %target_of(&self.inner.config));
+        let _entered = span.enter();
+        let started = tokio::time::Instant::now();
+        let opened = pool::open(&self.inner.config, false).await;
+        let db = match opened {
+            Ok(db) => db,
+            Err(err) => {
+                self.inner.stats.on_reconnect(false);
+                let classified = classify_db_err(&err);
+                let message = format!("reconnect failed: {}", self.inner.redactor.scrub(&err.to_string()));
+                tracing::warn!(class = classified.class.as_str(), %message);
+                return Err(crate::DbError::with_message(
+                    classified.class,
+                    message,
+                    0,
+                    Some(crate::clock::rfc3339_now()),
+                ));
+            }
+        };
+        let generation = generation_seen + 1;
+        let old = self.inner.pool.swap(Arc::new(PoolSlot { db, generation }));
+        self.inner.generation.store(generation, Ordering::Release);
+        self.inner.with_guard(|guard| guard.breaker.reset());
+        record_breaker_state(BreakerState::Closed);
+        self.inner.stats.on_reconnect(true);
+        tracing::info!(generation, elapsed_ms = started.elapsed().as_millis() as u64, "pool rebuilt");
+        // Calls that already hold the old pool finish on it; sqlx closes each connection as it
+        // comes back, and new acquires there fail fast as PoolClosed, which the runner retries
+        // on the new pool.
+        tokio::spawn(async move { pool::close(&old.db).await });
+        self.inner.health.mark_stale();
+        Ok(self.check_health(true).await)
+    }
+
+    /// Closes the pool (waiting for checked-out connections) and stops the monitor.
+    pub async fn close(&self) {
+        self.inner.health.stop_monitor();
+        pool::close(&self.pool_slot().db).await;
+    }
+
+    /// Waits up to `timeout` for the pool to be idle; used by graceful shutdown.
+    pub async fn drain(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline && self.pool_status().checked_out > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! The retry runner: the only loop that retries, and (through [`Clock`]) the only place that
+//! sleeps. Classification happens in [`crate::classify`], decisions in core.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use dbguard_core::{
+    Admission, AttemptInfo, Decision, ErrorClass, GiveUpReason, Idempotency, Instant, PolicyVerdict, RetryPolicy,
+    RetryState, SeededRng,
+};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
+
+use crate::classify::{Classified, classify_db_err};
+use crate::clock::rfc3339_now;
+use crate::error::DbError;
+use crate::manager::DbManager;
+use crate::transaction::TxnOptions;
+
+/// A retry policy that replaces core's built-in schedule (for example a WebAssembly plugin).
+///
+/// The runner still enforces the hard limits (max retries, delay cap, non-idempotent safety,
+/// commit-outcome-unknown), so an advisor only chooses whether and how long.
+pub trait RetryAdvisor: Send + Sync {
+    /// The verdict for one failure.
+    fn decide(&self, info: &AttemptInfo) -> PolicyVerdict;
+}
+
+/// The boxed future a transaction body returns.
+pub type TxnFuture<'c, T> = Pin<Box<dyn Future<Output = Result<T, DbErr>> + Send + 'c>>;
+
+enum Failure {
+    /// Nothing reached the database because a reconnect closed the pool: go again at once.
+    RaceWithReconnect,
+    /// Classified failure of an attempt.
+    Attempt(DbErr, Classified),
+}
+
+impl DbManager {
+    /// Runs `op` against the pool, retrying per the policy.
+    ///
+    /// `op` receives a handle to the current pool (cheap to clone) for each attempt. An
+    /// [`Idempotency::NonIdempotent`] operation is repeated only after errors that prove
+    /// nothing took effect; if its connection died mid-flight the error is reported as
+    /// [`ErrorClass::CommitOutcomeUnknown`] and never replayed.
+    ///
+    /// ```no_run
+    /// # async fn demo(manager: dbguard::DbManager) -> Result<(), dbguard::DbError> {
+    /// use sea_orm::ConnectionTrait;
+    /// let answer = manager
+    ///     .run(dbguard::Idempotency::Idempotent, |db| async move {
+    ///         db.execute_unprepared("SELECT 1").await.map(|r| r.rows_affected())
+    ///     })
+    ///     .await?;
+    /// # let _ = answer; Ok(()) }
+    /// ```
+    pub async fn run<T, F, Fut>(&self, idempotency: Idempotency, op: F) -> Result<T, DbError>
+    where
+        F: FnMut(DatabaseConnection) -> Fut,
+        Fut: Future<Output = Result<T, DbErr>>,
+    {
+        self.run_with_policy(self.config().retry, idempotency, op).await
+    }
+
+    /// [`DbManager::run`] with a retry policy other than the configured one.
+    pub async fn run_with_policy<T, F, Fut>(
+        &self,
+        policy: RetryPolicy,
+        idempotency: Idempotency,
+        mut op: F,
+    ) -> Result<T, DbError>
+    where
+        F: FnMut(DatabaseConnection) -> Fut,
+        Fut: Future<Output = Result<T, DbErr>>,
+    {
+        let started = tokio::time::Instant::now();
+        let mut state = self.retry_state(policy, idempotency);
+        loop {
+            self.admit()?;
+            let slot = self.pool_slot();
+            let failure = match op(slot.db.clone()).await {
+                Ok(value) => {
+                    self.on_call_success(started);
+                    return Ok(value);
+                }
+                Err(err) => self.classify_failure(err, slot.generation),
+            };
+            match failure {
+                Failure::RaceWithReconnect => continue,
+                Failure::Attempt(err, classified) => {
+                    self.after_failure(&mut state, err, classified, idempotency, started).await?;
+                }
+            }
+        }
+    }
+
+    /// Runs `body` in a transaction, retrying the whole transaction when it fails in a way
+    /// that rolled it back (serialization failure, deadlock, lost connection before `COMMIT`).
+    /// A connection lost after `COMMIT` was sent is reported as
+    /// [`ErrorClass::CommitOutcomeUnknown`] and not replayed.
+    ///
+    /// ```no_run
+    /// # async fn demo(manager: dbguard::DbManager) -> Result<(), dbguard::DbError> {
+    /// use sea_orm::ConnectionTrait;
+    /// manager
+    ///     .transaction(|txn| Box::pin(async move {
+    ///         txn.execute_unprepared("UPDATE accounts SET balance = balance - 10 WHERE id = 1").await?;
+    ///         txn.execute_unprepared("UPDATE accounts SET balance = balance + 10 WHERE id = 2").await?;
+    ///         Ok(())
+    ///     }))
+    ///     .await
+    /// # }
+    /// ```
+    pub async fn transaction<T, F>(&self, body: F) -> Result<T, DbError>
+    where
+        F: for<'c> FnMut(&'c DatabaseTransaction) -> TxnFuture<'c, T>,
+    {
+        self.transaction_with(TxnOptions::default(), body).await
+    }
+
+    /// [`DbManager::transaction`] with an isolation level, access mode or SQLite lock mode.
+    pub async fn transaction_with<T, F>(&self, options: TxnOptions, mut body: F) -> Result<T, DbError>
+    where
+        F: for<'c> FnMut(&'c DatabaseTransaction) -> TxnFuture<'c, T>,
+    {
+        let started = tokio::time::Instant::now();
+        // Until COMMIT is sent the server rolls back whatever happened, so the body is safe
+        // to repeat as a whole.
+        let mut state = self.retry_state(self.config().retry, Idempotency::Idempotent);
+        loop {
+            self.admit()?;
+            let slot = self.pool_slot();
+            let outcome = match slot.db.begin_with_options(options.to_sea_orm()).await {
+                Err(err) => Err(self.classify_failure(err, slot.generation)),
+                Ok(txn) => match body(&txn).await {
+                    Err(err) => {
+                        // A failed rollback means the connection is gone; the server rolls back.
+                        let _ = txn.rollback().await;
+                        Err(self.classify_failure(err, slot.generation))
+                    }
+                    Ok(value) => match txn.commit().await {
+                        Ok(()) => Ok(value),
+                        Err(err) => Err(self.classify_commit_failure(err)),
+                    },
+                },
+            };
+            match outcome {
+                Ok(value) => {
+                    self.on_call_success(started);
+                    return Ok(value);
+                }
+                Err(Failure::RaceWithReconnect) => continue,
+                Err(Failure::Attempt(err, classified)) => {
+                    self.after_failure(&mut state, err, classified, Idempotency::Idempotent, started).await?;
+                }
+            }
+        }
+    }
+
+    fn retry_state(&self, policy: RetryPolicy, idempotency: Idempotency) -> RetryState<SeededRng> {
+        RetryState::with_rng(policy, idempotency, SeededRng::new(self.inner.next_seed()))
+    }
+
+    fn admit(&self) -> Result<(), DbError> {
+        let now = self.inner.clock.now();
+        let admission = self.inner.with_guard(|guard| guard.breaker.admit(now));
+        match admission {
+            Admission::Allowed | Admission::Probe => Ok(()),
+            Admission::Rejected { retry_at } => {
+                metrics::counter!(crate::stats::names::BREAKER_REJECTIONS).increment(1);
+                let error = DbError::circuit_open(
+                    self.inner.last_connectivity_class(),
+                    retry_at.saturating_duration_since(now).as_millis(),
+                    None,
+                );
+                self.inner.stats.on_call(Duration::ZERO, false);
+                self.inner.stats.on_surfaced_error(error.class(), &error.to_string(), rfc3339_now());
+                Err(error)
+            }
+        }
+    }
+
+    fn on_call_success(&self, started: tokio::time::Instant) {
+        let now = self.inner.clock.now();
+        self.inner.with_guard(|guard| guard.breaker.on_success(now));
+        self.inner.stats.on_call(started.elapsed(), true);
+    }
+
+    fn classify_failure(&self, err: DbErr, generation: u64) -> Failure {
+        let classified = classify_db_err(&err);
+        if classified.pool_closed && self.inner.generation() != generation {
+            return Failure::RaceWithReconnect;
+        }
+        Failure::Attempt(err, classified)
+    }
+
+    fn classify_commit_failure(&self, err: DbErr) -> Failure {
+        let mut classified = classify_db_err(&err);
+        // The server may or may not have committed: only an answer from it settles that.
+        if commit_may_have_applied(classified.class) {
+            classified.class = ErrorClass::CommitOutcomeUnknown;
+        }
+        Failure::Attempt(err, classified)
+    }
+
+    /// Records a failed attempt, asks the policy, and either sleeps until the retry or returns
+    /// the error to surface.
+    async fn after_failure(
+        &self,
+        state: &mut RetryState<SeededRng>,
+        err: DbErr,
+        classified: Classified,
+        idempotency: Idempotency,
+        started: tokio::time::Instant,
+    ) -> Result<(), DbError> {
+        let now = self.inner.clock.now();
+        let class = classified.class;
+        self.inner.stats.on_failed_attempt(class);
+        self.inner.on_attempt_failure(now, class);
+        let decision = self.decide(state, now, &classified);
+        match decision {
+            Decision::RetryAt(deadline) => {
+                self.inner.stats.on_retry(class);
+                tracing::warn!(
+                    class = class.as_str(),
+                    code = classified.code.as_deref().unwrap_or(""),
+                    attempt = state.retries(),
+                    delay_ms = deadline.saturating_duration_since(now).as_millis() as u64,
+                    "database call failed; retrying"
+                );
+                self.inner.clock.sleep_until(deadline).await;
+                Ok(())
+            }
+            Decision::GiveUp(reason) => {
+                let surfaced = surfaced_class(class, idempotency, &reason);
+                let error = DbError::from_db_err(
+                    err,
+                    surfaced,
+                    classified.code,
+                    state.retries(),
+                    Some(rfc3339_now()),
+                    Some(reason),
+                    &self.inner.redactor,
+                );
+                tracing::debug!(class = surfaced.as_str(), retries = state.retries(), error = %error, "giving up");
+                self.inner.stats.on_call(started.elapsed(), false);
+                self.inner.stats.on_surfaced_error(surfaced, &error.to_string(), rfc3339_now());
+                Err(error)
+            }
+        }
+    }
+
+    fn decide(&self, state: &mut RetryState<SeededRng>, now: Instant, classified: &Classified) -> Decision {
+        let advisor = self.inner.advisor.load();
+        let decision = match advisor.as_deref() {
+            Some(slot) => {
+                state.on_failure_with(now, classified.class, classified.code.as_deref(), |info| slot.0.decide(info))
+            }
+            None => state.on_failure(now, classified.class),
+        };
+        match decision {
+            Decision::RetryAt(deadline) if !self.inner.with_guard(|guard| guard.budget.try_withdraw(now)) => {
+                let _ = deadline;
+                Decision::GiveUp(GiveUpReason::RetryBudgetExhausted)
+            }
+            other => other,
+        }
+    }
+}
+
+/// Classes after which a write sent on that connection may or may not have been applied.
+fn commit_may_have_applied(class: ErrorClass) -> bool {
+    matches!(
+        class,
+        ErrorClass::ConnectionLost
+            | ErrorClass::Timeout
+            | ErrorClass::ServerShuttingDown
+            | ErrorClass::ServerSystemError
+    )
+}
+
+/// A non-idempotent call whose connection died is reported as outcome-unknown: the caller must
+/// resolve it (by an idempotency key), not assume it failed.
+fn surfaced_class(class: ErrorClass, idempotency: Idempotency, reason: &GiveUpReason) -> ErrorClass {
+    match reason {
+        GiveUpReason::UnsafeToRepeat(_)
+            if idempotency == Idempotency::NonIdempotent && commit_may_have_applied(class) =>
+        {
+            ErrorClass::CommitOutcomeUnknown
+        }
+        _ => class,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lost_connections_on_writes_are_outcome_unknown() {
+        let unsafe_lost = GiveUpReason::UnsafeToRepeat(ErrorClass::ConnectionLost);
+        assert_eq!(
+            surfaced_class(ErrorClass::ConnectionLost, Idempotency::NonIdempotent, &unsafe_lost),
+            ErrorClass::CommitOutcomeUnknown
+        );
+        let exhausted = GiveUpReason::RetriesExhausted(3);
+        assert_eq!(
+            surfaced_class(ErrorClass::ConnectionLost, Idempotency::Idempotent, &exhausted),
+            ErrorClass::ConnectionLost
+        );
+        let syntax = GiveUpReason::NotRetryable(ErrorClass::Syntax);
+        assert_eq!(surfaced_class(ErrorClass::Syntax, Idempotency::NonIdempotent, &syntax), ErrorClass::Syntax);
+    }
+}

@@ -1,0 +1,199 @@
+//! Counters for the status page, mirrored to the `metrics` facade as `dbguard_*` series.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use dbguard_core::{ErrorClass, LastError, MetricsSummary};
+
+/// Metric names, Prometheus style.
+pub mod names {
+    /// Guarded calls, by outcome (`ok` / `error`).
+    pub const CALLS: &str = "dbguard_calls_total";
+    /// Failed attempts, by class.
+    pub const FAILURES: &str = "dbguard_failures_total";
+    /// Retries, by class.
+    pub const RETRIES: &str = "dbguard_retries_total";
+    /// Guarded call latency (all attempts and sleeps), seconds.
+    pub const CALL_SECONDS: &str = "dbguard_call_duration_seconds";
+    /// Calls failed fast by the open breaker.
+    pub const BREAKER_REJECTIONS: &str = "dbguard_breaker_rejections_total";
+    /// Breaker state: 0 closed, 1 half-open, 2 open.
+    pub const BREAKER_STATE: &str = "dbguard_breaker_state";
+    /// Pool rebuilds, by outcome.
+    pub const RECONNECTS: &str = "dbguard_reconnects_total";
+    /// Health probes, by resulting status.
+    pub const HEALTH_PROBES: &str = "dbguard_health_probes_total";
+    /// Health probe latency, seconds.
+    pub const HEALTH_PROBE_SECONDS: &str = "dbguard_health_probe_duration_seconds";
+    /// Pool connections by state (`idle`, `in_use`).
+    pub const POOL_CONNECTIONS: &str = "dbguard_pool_connections";
+}
+
+/// Log-spaced latency buckets: bucket `i` holds latencies below `2^i` microseconds.
+const BUCKETS: usize = 40;
+
+/// Process-local counters, cheap enough for the hot path (relaxed atomics, no locks on success).
+#[derive(Debug)]
+pub struct Stats {
+    calls: AtomicU64,
+    failures: AtomicU64,
+    retries: AtomicU64,
+    reconnects: AtomicU64,
+    probes: AtomicU64,
+    by_class: [AtomicU64; ErrorClass::ALL.len()],
+    latency: [AtomicU64; BUCKETS],
+    last_error: Mutex<Option<LastError>>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            calls: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            probes: AtomicU64::new(0),
+            by_class: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency: std::array::from_fn(|_| AtomicU64::new(0)),
+            last_error: Mutex::new(None),
+        }
+    }
+}
+
+fn class_index(class: ErrorClass) -> usize {
+    ErrorClass::ALL.iter().position(|c| *c == class).unwrap_or(ErrorClass::ALL.len() - 1)
+}
+
+impl Stats {
+    /// A call finished, successfully or not, after `elapsed`.
+    pub fn on_call(&self, elapsed: Duration, ok: bool) {
+        self.calls.fetch_add(1, Relaxed);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let bucket = (u64::BITS - micros.leading_zeros()) as usize;
+        self.latency[bucket.min(BUCKETS - 1)].fetch_add(1, Relaxed);
+        metrics::counter!(names::CALLS, "outcome" => if ok { "ok" } else { "error" }).increment(1);
+        metrics::histogram!(names::CALL_SECONDS).record(elapsed.as_secs_f64());
+    }
+
+    /// An attempt failed with `class`.
+    pub fn on_failed_attempt(&self, class: ErrorClass) {
+        self.by_class[class_index(class)].fetch_add(1, Relaxed);
+        metrics::counter!(names::FAILURES, "class" => class.as_str()).increment(1);
+    }
+
+    /// A call gave up and returned an error to its caller.
+    pub fn on_surfaced_error(&self, class: ErrorClass, message: &str, at: String) {
+        self.failures.fetch_add(1, Relaxed);
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(LastError { class, message: message.to_owned(), at });
+        }
+    }
+
+    /// A retry was scheduled after `class`.
+    pub fn on_retry(&self, class: ErrorClass) {
+        self.retries.fetch_add(1, Relaxed);
+        metrics::counter!(names::RETRIES, "class" => class.as_str()).increment(1);
+    }
+
+    /// A reconnect finished.
+    pub fn on_reconnect(&self, ok: bool) {
+        self.reconnects.fetch_add(1, Relaxed);
+        metrics::counter!(names::RECONNECTS, "outcome" => if ok { "ok" } else { "error" }).increment(1);
+    }
+
+    /// A health probe finished.
+    pub fn on_probe(&self, status: &'static str, elapsed: Duration) {
+        self.probes.fetch_add(1, Relaxed);
+        metrics::counter!(names::HEALTH_PROBES, "status" => status).increment(1);
+        metrics::histogram!(names::HEALTH_PROBE_SECONDS).record(elapsed.as_secs_f64());
+    }
+
+    /// Health probes run so far.
+    pub fn probes(&self) -> u64 {
+        self.probes.load(Relaxed)
+    }
+
+    /// Retries made so far.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Relaxed)
+    }
+
+    /// The most recent error a caller saw.
+    pub fn last_error(&self) -> Option<LastError> {
+        self.last_error.lock().ok().and_then(|last| last.clone())
+    }
+
+    /// The summary for the status page.
+    pub fn summary(&self) -> MetricsSummary {
+        let calls = self.calls.load(Relaxed);
+        let failures = self.failures.load(Relaxed);
+        let failures_by_class: BTreeMap<String, u64> = ErrorClass::ALL
+            .iter()
+            .zip(&self.by_class)
+            .map(|(class, count)| (class.as_str().to_owned(), count.load(Relaxed)))
+            .filter(|(_, count)| *count > 0)
+            .collect();
+        let counts: Vec<u64> = self.latency.iter().map(|b| b.load(Relaxed)).collect();
+        MetricsSummary {
+            calls_total: calls,
+            failures_total: failures,
+            retries_total: self.retries.load(Relaxed),
+            success_rate: if calls == 0 { 1.0 } else { (calls.saturating_sub(failures)) as f64 / calls as f64 },
+            failures_by_class,
+            response_time_p50_ms: percentile_ms(&counts, 0.50),
+            response_time_p99_ms: percentile_ms(&counts, 0.99),
+            reconnects_total: self.reconnects.load(Relaxed),
+            health_probes_total: self.probes.load(Relaxed),
+        }
+    }
+}
+
+/// The upper bound of the bucket holding the `q` quantile, in milliseconds (log-bucket
+/// resolution: within a factor of two).
+fn percentile_ms(counts: &[u64], q: f64) -> Option<f64> {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (i, count) in counts.iter().enumerate() {
+        seen += count;
+        if seen >= rank {
+            let upper_micros = if i == 0 { 1.0 } else { (1u64 << i) as f64 };
+            return Some(upper_micros / 1000.0);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_counts_and_percentiles() {
+        let stats = Stats::default();
+        for _ in 0..99 {
+            stats.on_call(Duration::from_micros(100), true);
+        }
+        stats.on_call(Duration::from_millis(50), false);
+        stats.on_failed_attempt(ErrorClass::Busy);
+        stats.on_surfaced_error(ErrorClass::Busy, "busy", "2026-01-01T00:00:00.000Z".into());
+        let summary = stats.summary();
+        assert_eq!(summary.calls_total, 100);
+        assert_eq!(summary.failures_total, 1);
+        assert!((summary.success_rate - 0.99).abs() < 1e-9);
+        assert_eq!(summary.failures_by_class.get("busy"), Some(&1));
+        // 100 µs lands in the bucket below 128 µs; 50 ms below 65.536 ms.
+        assert_eq!(summary.response_time_p50_ms, Some(0.128));
+        assert_eq!(summary.response_time_p99_ms, Some(0.128));
+        assert_eq!(
+            percentile_ms(&stats.latency.iter().map(|b| b.load(Relaxed)).collect::<Vec<_>>(), 1.0),
+            Some(65.536)
+        );
+        assert_eq!(stats.last_error().map(|e| e.class), Some(ErrorClass::Busy));
+    }
+}

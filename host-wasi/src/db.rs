@@ -50,9 +50,14 @@ impl Target {
                 let conn = Database::connect(options.clone())?;
                 // rusqlite installs a 5 s busy handler that sleeps inside SQLite; the driver is
                 // the only place that waits, so SQLITE_BUSY must come straight back to it.
-                // Exclusive locking mode lets WAL databases open without shared memory, which
-                // SQLite's WASI build does not have (its locks are dot-files either way).
-                conn.execute_unprepared("PRAGMA busy_timeout = 0; PRAGMA locking_mode = EXCLUSIVE")?;
+                conn.execute_unprepared("PRAGMA busy_timeout = 0")?;
+                if cfg!(target_os = "wasi") {
+                    // SQLite's WASI build has no shared memory, so WAL databases open only in
+                    // exclusive locking mode. Its locks are dot-files, so this takes nothing a
+                    // reader would not hold anyway. (Natively a read-only file cannot take the
+                    // exclusive POSIX lock, hence WASI only.)
+                    conn.execute_unprepared("PRAGMA locking_mode = EXCLUSIVE")?;
+                }
                 Ok(conn)
             })
             .map_err(|failure| HostError::Open { path: self.path.clone(), failure })

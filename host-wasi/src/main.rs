@@ -12,6 +12,8 @@ mod driver;
 mod error;
 mod probe;
 mod query;
+#[cfg(test)]
+mod tests;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -18,13 +18,11 @@ need() { # need <apt package> <what to test> <description>
         missing+=("$pkg")
     fi
 }
-need clang                      'command -v clang'                    'clang (C compiler for SQLite)'
-need llvm-14                    'command -v llvm-ar-14'               'llvm-ar-14 (archiver)'
-need lld                        'command -v wasm-ld'                  'wasm-ld (WebAssembly linker)'
-need wasi-libc                  'test -f /usr/include/wasm32-wasi/stdio.h' 'wasi-libc headers in /usr/include/wasm32-wasi'
-need wasi-libc                  'test -f /usr/lib/wasm32-wasi/libc.a' 'wasi-libc in /usr/lib/wasm32-wasi'
-need libclang-rt-14-dev-wasm32  'compgen -G "/usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a"' \
-                                                                      'compiler-rt builtins for wasm32'
+# Only the C compile of SQLite needs Debian's tools: rustc links with its own rust-lld and its
+# self-contained wasi-libc, so lld and libclang-rt-14-dev-wasm32 are not used.
+need clang     'command -v clang'                          'clang (C compiler for SQLite)'
+need llvm-14   'command -v llvm-ar-14'                     'llvm-ar-14 (archiver)'
+need wasi-libc 'test -f /usr/include/wasm32-wasi/stdio.h'  'wasi-libc headers in /usr/include/wasm32-wasi'
 if ((${#missing[@]})); then
     mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
     echo "build.sh: install with: apt-get install -y ${missing[*]}" >&2

@@ -18,8 +18,22 @@ use crate::pool;
 /// `PRAGMA quick_check` reads the whole file: run it on the first probe and every Nth after.
 const QUICK_CHECK_EVERY: u64 = 10;
 
+/// A cached report and the one shared copy every reader gets, so repeated reads return the
+/// same `Arc` (callers can key their own caches, e.g. of the serialized body, on it).
+struct CacheEntry {
+    cached: CachedReport,
+    shared: Arc<HealthReport>,
+}
+
+impl CacheEntry {
+    fn new(cached: CachedReport) -> Self {
+        let shared = Arc::new(cached.report.clone());
+        Self { cached, shared }
+    }
+}
+
 pub(crate) struct HealthState {
-    cache: ArcSwapOption<CachedReport>,
+    cache: ArcSwapOption<CacheEntry>,
     /// Held while a probe runs: concurrent callers wait for it instead of probing again.
     probe_lock: tokio::sync::Mutex<()>,
     probes_started: AtomicU64,
@@ -50,7 +64,7 @@ impl HealthState {
     /// Forces a probe only if the cache still claims everything is fine: under a failure storm
     /// this keeps probes to one per outage instead of one per failed call.
     pub(crate) fn mark_stale_if_healthy(&self) {
-        let healthy = self.cache.load().as_ref().is_some_and(|c| c.report.status == HealthStatus::Healthy);
+        let healthy = self.cache.load().as_ref().is_some_and(|c| c.cached.report.status == HealthStatus::Healthy);
         if healthy {
             self.mark_stale();
         }
@@ -60,11 +74,11 @@ impl HealthState {
         self.monitor_stop.notify_waiters();
     }
 
-    fn fresh(&self, now: Instant) -> Option<Arc<CachedReport>> {
+    fn fresh(&self, now: Instant) -> Option<Arc<CacheEntry>> {
         if self.stale.load(Ordering::Acquire) {
             return None;
         }
-        self.cache.load_full().filter(|cached| cached.is_fresh(now, self.ttl))
+        self.cache.load_full().filter(|entry| entry.cached.is_fresh(now, self.ttl))
     }
 }
 
@@ -81,14 +95,14 @@ impl DbManager {
         let _probing = inner.health.probe_lock.lock().await;
         // A probe that finished while we waited for the lock answers this request too.
         if let Some(cached) = inner.health.cache.load_full()
-            && cached.probed_at >= asked_at
+            && cached.cached.probed_at >= asked_at
             && !inner.health.stale.load(Ordering::Acquire)
         {
             return shared_report(cached);
         }
         inner.health.stale.store(false, Ordering::Release);
         let report = self.probe().await;
-        let cached = Arc::new(CachedReport::new(report, inner.clock.now()));
+        let cached = Arc::new(CacheEntry::new(CachedReport::new(report, inner.clock.now())));
         inner.health.cache.store(Some(cached.clone()));
         shared_report(cached)
     }
@@ -187,9 +201,9 @@ impl DbManager {
     }
 }
 
-fn shared_report(cached: Arc<CachedReport>) -> Arc<HealthReport> {
+fn shared_report(entry: Arc<CacheEntry>) -> Arc<HealthReport> {
     // The report is immutable once cached; share it without copying.
-    Arc::new(cached.report.clone())
+    entry.shared.clone()
 }
 
 type Failure = Option<dbguard_core::ErrorClass>;

@@ -21,6 +21,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod api;
+pub mod auth;
 mod classify;
 pub mod clock;
 pub mod env;
@@ -28,6 +30,7 @@ mod error;
 mod health;
 mod manager;
 pub mod pool;
+pub mod readonly;
 mod retry_helper;
 mod runner;
 mod secrets;

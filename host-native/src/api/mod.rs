@@ -1,0 +1,373 @@
+//! The HTTP API (axum): health, info, status, the read-only test query, reconnect, probes,
+//! metrics and the OpenAPI document.
+//!
+//! | route | scope |
+//! |---|---|
+//! | `GET /api/database/health[?force=true]` | `db:read` |
+//! | `GET /api/database/info` | `db:read` |
+//! | `GET /api/database/status` | `db:read` |
+//! | `POST /api/database/test` | `db:admin` |
+//! | `POST /api/database/reconnect` | `db:admin` |
+//! | `GET /livez`, `GET /readyz`, `GET /api/openapi.json` | none |
+//! | `GET /metrics` | `db:read` when `DBGUARD_METRICS_AUTH=true` |
+//!
+//! Every body is `{success: true, data}` or `{success: false, error, message, retry_count,
+//! last_attempt}` — also for 404, 405, 408, 413 and malformed JSON: axum's plain-text
+//! rejections are replaced by [`ApiError`]. Requests carry an `x-request-id` (generated when
+//! absent, echoed back) and run in a `http` tracing span that records it; the
+//! `Authorization` header is never logged.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = dbguard::env::load_config()?;
+//! let auth = dbguard::auth::Authenticator::from_config(&config.service.auth, config.profile)?;
+//! let manager = dbguard::DbManager::connect_lazy(config).await?;
+//! let state = dbguard::api::AppState::new(manager, auth);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! dbguard::api::serve(listener, state, std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+
+mod error;
+pub mod openapi;
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequestParts, State};
+use axum::http::{HeaderValue, Request, StatusCode, header, request::Parts};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use dbguard_core::{HealthReport, SuccessEnvelope};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub use error::{ApiError, ApiJson, ApiQuery};
+
+use crate::DbManager;
+use crate::auth::{AuthFailure, Authenticator, Principal, Scope};
+use crate::readonly::{QueryRequest, ReadOnlyQuery};
+
+/// Largest request body accepted (larger → 413).
+pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
+
+/// Time a request may take end to end (longer → 408). Above the test query's 10 s cap.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The request-id header.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Body of `GET /livez`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LiveStatus {
+    /// Always `alive`.
+    pub status: String,
+}
+
+/// Body of `GET /readyz` when ready.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ReadyStatus {
+    /// Always `ready`.
+    pub status: String,
+}
+
+/// Shared state of the API. Cloning is cheap.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<StateInner>,
+}
+
+struct StateInner {
+    manager: DbManager,
+    auth: Authenticator,
+    readonly: ReadOnlyQuery,
+    metrics: Option<PrometheusHandle>,
+    metrics_auth: bool,
+    request_timeout: Duration,
+    /// The last health report served and its serialized envelope, keyed by the report's `Arc`.
+    health_body: ArcSwapOption<(Arc<HealthReport>, Bytes)>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("manager", &self.inner.manager)
+            .field("auth", &self.inner.auth)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// State for `manager`, verifying tokens with `auth`; metrics come from the process-wide
+    /// Prometheus recorder ([`metrics_handle`]).
+    pub fn new(manager: DbManager, auth: Authenticator) -> Self {
+        Self::with_options(manager, auth, REQUEST_TIMEOUT)
+    }
+
+    /// As [`new`](Self::new), with another request timeout.
+    pub fn with_options(manager: DbManager, auth: Authenticator, request_timeout: Duration) -> Self {
+        let config = manager.config();
+        let readonly = ReadOnlyQuery::new(config);
+        let metrics_auth = config.service.metrics_auth;
+        Self {
+            inner: Arc::new(StateInner {
+                manager,
+                auth,
+                readonly,
+                metrics: metrics_handle(),
+                metrics_auth,
+                request_timeout,
+                health_body: ArcSwapOption::empty(),
+            }),
+        }
+    }
+
+    /// The database manager.
+    pub fn manager(&self) -> &DbManager {
+        &self.inner.manager
+    }
+
+    /// The token verifier.
+    pub fn auth(&self) -> &Authenticator {
+        &self.inner.auth
+    }
+
+    fn health_response(&self, report: Arc<HealthReport>) -> Response {
+        let cached = self.inner.health_body.load();
+        let body = match cached.as_ref() {
+            Some(entry) if Arc::ptr_eq(&entry.0, &report) => entry.1.clone(),
+            _ => {
+                let bytes = Bytes::from(serde_json::to_vec(&SuccessEnvelope::new(&*report)).unwrap_or_default());
+                self.inner.health_body.store(Some(Arc::new((report.clone(), bytes.clone()))));
+                bytes
+            }
+        };
+        json_bytes(status_of(&report), body)
+    }
+}
+
+/// The process-wide Prometheus recorder, installed on first use. `None` when another metrics
+/// recorder was installed first.
+pub fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok().map(|()| handle)
+        })
+        .clone()
+}
+
+fn status_of(report: &HealthReport) -> StatusCode {
+    StatusCode::from_u16(report.status.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+fn json_bytes(status: StatusCode, body: Bytes) -> Response {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn envelope<T: Serialize>(status: StatusCode, data: T) -> Response {
+    match serde_json::to_vec(&SuccessEnvelope::new(data)) {
+        Ok(bytes) => json_bytes(status, Bytes::from(bytes)),
+        Err(err) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", err.to_string()).into_response(),
+    }
+}
+
+/// A caller holding `db:read`.
+#[derive(Debug, Clone)]
+pub struct ReadAccess(pub Principal);
+
+/// A caller holding `db:admin`.
+#[derive(Debug, Clone)]
+pub struct AdminAccess(pub Principal);
+
+fn authorize(parts: &Parts, state: &AppState, scope: Scope) -> Result<Principal, ApiError> {
+    let header = parts.headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
+    state.inner.auth.authorize(header, scope).map_err(|failure| {
+        tracing::info!(target: "dbguard::audit", %failure, "request refused");
+        match failure {
+            AuthFailure::MissingScope(_) => ApiError::forbidden(failure.to_string()),
+            _ => ApiError::unauthorized(failure.to_string()),
+        }
+    })
+}
+
+impl FromRequestParts<AppState> for ReadAccess {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        authorize(parts, state, Scope::Read).map(Self)
+    }
+}
+
+impl FromRequestParts<AppState> for AdminAccess {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        authorize(parts, state, Scope::Admin).map(Self)
+    }
+}
+
+/// Query string of the health route.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthQuery {
+    /// Probe now instead of serving the cache.
+    #[serde(default)]
+    pub force: bool,
+}
+
+async fn health(
+    State(state): State<AppState>,
+    _access: ReadAccess,
+    ApiQuery(query): ApiQuery<HealthQuery>,
+) -> Response {
+    let report = state.inner.manager.check_health(query.force).await;
+    state.health_response(report)
+}
+
+async fn info(State(state): State<AppState>, _access: ReadAccess) -> Response {
+    envelope(StatusCode::OK, state.inner.manager.info())
+}
+
+async fn status(State(state): State<AppState>, _access: ReadAccess) -> Response {
+    envelope(StatusCode::OK, state.inner.manager.status().await)
+}
+
+async fn test_query(
+    State(state): State<AppState>,
+    AdminAccess(principal): AdminAccess,
+    ApiJson(request): ApiJson<QueryRequest>,
+) -> Response {
+    match state.inner.readonly.run_audited(&principal.subject, &request).await {
+        Ok(result) => envelope(StatusCode::OK, result),
+        Err(err) => ApiError::from(err).into_response(),
+    }
+}
+
+async fn reconnect(State(state): State<AppState>, AdminAccess(principal): AdminAccess) -> Response {
+    tracing::info!(target: "dbguard::audit", subject = %principal.subject, "reconnect requested");
+    match state.inner.manager.reconnect().await {
+        Ok(report) => state.health_response(report),
+        Err(err) => ApiError::from(&err).into_response(),
+    }
+}
+
+async fn livez() -> Response {
+    envelope(StatusCode::OK, LiveStatus { status: "alive".into() })
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let report = state.inner.manager.check_health(false).await;
+    if report.status.allows_traffic() {
+        envelope(StatusCode::OK, ReadyStatus { status: "ready".into() })
+    } else {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the database is unhealthy").into_response()
+    }
+}
+
+async fn metrics_text(State(state): State<AppState>, parts: Parts) -> Response {
+    if state.inner.metrics_auth
+        && let Err(err) = authorize(&parts, &state, Scope::Read)
+    {
+        return err.into_response();
+    }
+    let text = state.inner.metrics.as_ref().map(PrometheusHandle::render).unwrap_or_default();
+    let mut response = Response::new(Body::from(text));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response
+}
+
+async fn openapi_json() -> Response {
+    static DOCUMENT: OnceLock<Bytes> = OnceLock::new();
+    let body = DOCUMENT.get_or_init(|| Bytes::from(openapi::render())).clone();
+    json_bytes(StatusCode::OK, body)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::for_status(StatusCode::NOT_FOUND)
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::for_status(StatusCode::METHOD_NOT_ALLOWED)
+}
+
+/// Replaces any error response that is not JSON (a layer's bare 408 or 413, a framework
+/// rejection) with the error envelope, keeping its status and headers.
+async fn ensure_envelope(response: Response) -> Response {
+    let status = response.status();
+    let is_json =
+        response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, _) = response.into_parts();
+    let mut replaced = ApiError::for_status(status).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            replaced.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    replaced
+}
+
+fn make_span(request: &Request<Body>) -> tracing::Span {
+    let request_id =
+        request.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok()).unwrap_or("-");
+    tracing::info_span!(
+        "http",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id = %request_id,
+    )
+}
+
+/// The router with every route and layer.
+pub fn router(state: AppState) -> Router {
+    let timeout = state.inner.request_timeout;
+    Router::new()
+        .route("/api/database/health", get(health))
+        .route("/api/database/info", get(info))
+        .route("/api/database/status", get(status))
+        .route("/api/database/test", post(test_query))
+        .route("/api/database/reconnect", post(reconnect))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/api/openapi.json", get(openapi_json))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        // Router::layer wraps outward: the last layer added sees the request first.
+        .layer(RequestBodyLimitLayer::new(BODY_LIMIT_BYTES))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
+        .layer(PropagateRequestIdLayer::new(header::HeaderName::from_static(REQUEST_ID_HEADER)))
+        .layer(TraceLayer::new_for_http().make_span_with(make_span))
+        .layer(SetRequestIdLayer::new(header::HeaderName::from_static(REQUEST_ID_HEADER), MakeRequestUuid))
+        .layer(axum::middleware::map_response(ensure_envelope))
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then stops accepting and waits for
+/// in-flight requests to finish. Closing the pools is the caller's (see `dbguard serve`).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}

@@ -1,0 +1,308 @@
+//! The `dbguard` command line: `serve`, `check`, `info`, `schemas`, `token`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use dbguard::api::{self, AppState};
+use dbguard::auth::{Authenticator, parse_ttl};
+use dbguard::{DbManager, env};
+use dbguard_core::{DbConfig, Profile};
+
+/// EX_CONFIG (sysexits.h): the configuration is invalid.
+pub(crate) const EXIT_CONFIG: u8 = 78;
+/// EX_UNAVAILABLE (sysexits.h): a service (the database, the port) is unavailable.
+pub(crate) const EXIT_UNAVAILABLE: u8 = 69;
+/// EX_CANTCREAT (sysexits.h): an output file cannot be written.
+pub(crate) const EXIT_CANTCREAT: u8 = 73;
+
+/// How long shutdown waits for checked-out database connections to come back.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Database connections that survive real life: health API, checks and tokens.
+///
+/// Configuration comes from the environment (and `.env`): DATABASE_URL, DBGUARD_ENV,
+/// DBGUARD_BIND, JWT_SECRET, … — see the README.
+#[derive(Debug, Parser)]
+#[command(name = "dbguard", version, about)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the HTTP health API until SIGTERM or Ctrl-C (then drain and close the pools).
+    Serve {
+        /// Listen address (overrides DBGUARD_BIND).
+        #[arg(long)]
+        bind: Option<String>,
+    },
+    /// Probe the database once; exit 0 healthy, 1 degraded, 2 unhealthy.
+    Check {
+        /// Probe even if a cached report exists (a one-shot process always probes).
+        #[arg(long)]
+        force: bool,
+        /// Print the health report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print what dbguard connects to (never the password), as JSON.
+    Info,
+    /// Write the JSON Schemas and openapi.json.
+    Schemas {
+        /// Output directory.
+        #[arg(long, default_value = "schemas")]
+        out: PathBuf,
+    },
+    /// Mint an API token with the configured JWT_SECRET.
+    Token {
+        /// Space-separated scopes.
+        #[arg(long, default_value = "db:read")]
+        scope: String,
+        /// Lifetime: seconds, or with s, m, h, d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// The `sub` claim.
+        #[arg(long, default_value = "cli")]
+        subject: String,
+    },
+}
+
+impl Cli {
+    /// Parses the arguments and runs the command.
+    pub(crate) fn run() -> ExitCode {
+        let cli = Self::parse();
+        match cli.command {
+            Command::Schemas { out } => schemas(&out),
+            command => {
+                let config = match env::load_config() {
+                    Ok(config) => config,
+                    Err(err) => {
+                        eprintln!("dbguard: configuration error: {err}");
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                };
+                for name in &config.unknown_variables {
+                    tracing::warn!(variable = %name, "unknown dbguard variable ignored");
+                }
+                let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                    Ok(runtime) => runtime,
+                    Err(err) => {
+                        eprintln!("dbguard: cannot start the runtime: {err}");
+                        return ExitCode::from(EXIT_UNAVAILABLE);
+                    }
+                };
+                runtime.block_on(async move {
+                    match command {
+                        Command::Serve { bind } => serve(config, bind).await,
+                        Command::Check { force, json } => check(config, force, json).await,
+                        Command::Info => info(&config),
+                        Command::Token { scope, ttl, subject } => token(&config, &scope, &ttl, &subject),
+                        Command::Schemas { .. } => ExitCode::SUCCESS,
+                    }
+                })
+            }
+        }
+    }
+}
+
+fn auth_or_exit(config: &DbConfig) -> Result<Authenticator, ExitCode> {
+    Authenticator::from_config(&config.service.auth, config.profile).map_err(|err| {
+        eprintln!("dbguard: configuration error: {err}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+async fn serve(config: DbConfig, bind: Option<String>) -> ExitCode {
+    let auth = match auth_or_exit(&config) {
+        Ok(auth) => auth,
+        Err(code) => return code,
+    };
+    let bind = bind.unwrap_or_else(|| config.service.bind.clone());
+    let profile = config.profile;
+    let manager = match DbManager::connect_lazy(config).await {
+        Ok(manager) => manager,
+        Err(err) => {
+            eprintln!("dbguard: {err}");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(&bind).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("dbguard: cannot listen on {bind}: {err}");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+    let address = listener.local_addr().map(|a| a.to_string()).unwrap_or(bind);
+    let monitor = manager.spawn_monitor();
+    let info = manager.info();
+    println!("dbguard listening on http://{address} ({profile} profile, {})", target_line(&info));
+    if profile == Profile::Development && auth.can_mint() {
+        match auth.mint("dbguard-serve", "db:read db:admin", Duration::from_secs(3600)) {
+            Ok(token) => {
+                if auth.is_generated() {
+                    println!("JWT secret: generated for this run (set JWT_SECRET to keep tokens across restarts)");
+                }
+                println!("admin token (db:read db:admin, valid 1h):");
+                println!("  {token}");
+                println!("try:");
+                println!("  curl -s -H 'Authorization: Bearer {token}' http://{address}/api/database/health");
+            }
+            Err(err) => eprintln!("dbguard: cannot mint a token: {err}"),
+        }
+    } else {
+        println!("mint a token with: dbguard token --scope \"db:read\" --ttl 1h");
+    }
+    tracing::info!(%address, "serving");
+    let state = AppState::new(manager.clone(), auth);
+    let result = api::serve(listener, state, shutdown_signal()).await;
+    tracing::info!("stopped accepting; in-flight requests done; closing the pools");
+    manager.drain(DRAIN_TIMEOUT).await;
+    manager.close().await;
+    monitor.abort();
+    match result {
+        Ok(()) => {
+            tracing::info!("shut down cleanly");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("dbguard: server error: {err}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+    }
+}
+
+fn target_line(info: &dbguard_core::ConnectionInfo) -> String {
+    match (&info.host, info.port) {
+        (Some(host), Some(port)) => {
+            format!("{} at {host}:{port}/{}", info.database_type, info.database.as_deref().unwrap_or_default())
+        }
+        _ => format!("{} at {}", info.database_type, info.database.as_deref().unwrap_or_default()),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown requested");
+}
+
+async fn check(config: DbConfig, _force: bool, json: bool) -> ExitCode {
+    let manager = match DbManager::connect_lazy(config).await {
+        Ok(manager) => manager,
+        Err(err) => {
+            eprintln!("dbguard: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    // A fresh process has no cache: this always probes.
+    let report = manager.check_health(true).await;
+    if json {
+        match serde_json::to_string_pretty(&*report) {
+            Ok(text) => println!("{text}"),
+            Err(err) => eprintln!("dbguard: {err}"),
+        }
+    } else {
+        let version = report.version.as_deref().unwrap_or("version unknown");
+        println!(
+            "{}: {} ({}, {version}, {:.1} ms)",
+            status_word(report.status),
+            report.message,
+            report.database_type,
+            report.response_time_ms
+        );
+    }
+    manager.close().await;
+    ExitCode::from(report.status.exit_code())
+}
+
+fn status_word(status: dbguard_core::HealthStatus) -> &'static str {
+    match status {
+        dbguard_core::HealthStatus::Healthy => "healthy",
+        dbguard_core::HealthStatus::Degraded => "degraded",
+        dbguard_core::HealthStatus::Unhealthy => "unhealthy",
+    }
+}
+
+fn info(config: &DbConfig) -> ExitCode {
+    match serde_json::to_string_pretty(&config.connection_info()) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("dbguard: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn token(config: &DbConfig, scope: &str, ttl: &str, subject: &str) -> ExitCode {
+    let Some(ttl) = parse_ttl(ttl) else {
+        eprintln!("dbguard: --ttl {ttl:?} is not a duration; use seconds or a number with s, m, h or d (e.g. 1h)");
+        return ExitCode::from(64);
+    };
+    if config.service.auth.secret.is_none() {
+        eprintln!(
+            "dbguard: configuration error: `dbguard token` needs JWT_SECRET (or JWT_SECRET_FILE); tokens for a generated secret would not verify on any running server"
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let auth = match auth_or_exit(config) {
+        Ok(auth) => auth,
+        Err(code) => return code,
+    };
+    match auth.mint(subject, scope, ttl) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("dbguard: {err}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn schemas(out: &std::path::Path) -> ExitCode {
+    let mut files: Vec<(String, String)> = dbguard_core::schema::all_schemas()
+        .into_iter()
+        .map(|(stem, schema)| (format!("{stem}.schema.json"), dbguard_core::schema::render(&schema)))
+        .collect();
+    files.extend(dbguard::api::openapi::extra_schemas());
+    files.push(("openapi.json".to_owned(), api::openapi::render()));
+    if let Err(err) = std::fs::create_dir_all(out) {
+        eprintln!("dbguard: cannot create {}: {err}", out.display());
+        return ExitCode::from(EXIT_CANTCREAT);
+    }
+    for (name, text) in files {
+        let path = out.join(&name);
+        if let Err(err) = std::fs::write(&path, text) {
+            eprintln!("dbguard: cannot write {}: {err}", path.display());
+            return ExitCode::from(EXIT_CANTCREAT);
+        }
+        println!("wrote {}", path.display());
+    }
+    ExitCode::SUCCESS
+}

@@ -247,7 +247,7 @@ impl ErrorClass {
     }
 
     /// Whether the failure says the database is unreachable or not serving, as opposed to
-    /// rejecting one statement. Only these count against the circuit breaker.
+    /// rejecting one statement.
     pub const fn is_connectivity(self) -> bool {
         matches!(
             self,
@@ -257,6 +257,21 @@ impl ErrorClass {
                 | Self::PoolExhausted
                 | Self::TooManyConnections
                 | Self::ServerShuttingDown
+                | Self::ServerStarting
+        )
+    }
+
+    /// Whether the failure counts against the circuit breaker: the database could not be
+    /// reached or gave no connection. A connection that died mid-call (killed backend, server
+    /// restart) does not count by itself: the next connect attempt tells whether the server
+    /// is really gone, and a pool recovering from killed backends must not trip the breaker.
+    pub const fn trips_breaker(self) -> bool {
+        matches!(
+            self,
+            Self::ConnectionRefused
+                | Self::Timeout
+                | Self::PoolExhausted
+                | Self::TooManyConnections
                 | Self::ServerStarting
         )
     }

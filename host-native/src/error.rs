@@ -42,11 +42,16 @@ impl DbError {
         Self { class, code, retries, last_attempt, reason, message, source_err: Some(Arc::new(err)) }
     }
 
-    pub(crate) fn circuit_open(class: ErrorClass, retry_in_ms: u128, last_attempt: Option<String>) -> Self {
+    pub(crate) fn circuit_open(
+        class: ErrorClass,
+        retry_in_ms: u128,
+        retries: u32,
+        last_attempt: Option<String>,
+    ) -> Self {
         Self {
             class,
             code: None,
-            retries: 0,
+            retries,
             last_attempt,
             reason: Some(GiveUpReason::CircuitOpen),
             message: format!("circuit breaker open after repeated {class} failures; next probe in {retry_in_ms} ms"),

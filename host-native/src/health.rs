@@ -289,13 +289,16 @@ async fn observe_sqlite(
         .flatten()
         .and_then(|r| r.try_get_by_index::<String>(0).ok())
         .map(|mode| mode.to_ascii_lowercase());
+    // An integrity check that cannot run counts as a failed one, as in the WASI host.
     let quick_check = if quick_check {
-        within(one("PRAGMA quick_check"))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .flatten()
-            .and_then(|r| r.try_get_by_index::<String>(0).ok())
+        match within(one("PRAGMA quick_check")).await {
+            Ok(Ok(row)) => Some(
+                row.and_then(|r| r.try_get_by_index::<String>(0).ok())
+                    .unwrap_or_else(|| "quick_check returned no result".to_owned()),
+            ),
+            Ok(Err(err)) => Some(format!("quick_check failed: {}", inner.redactor.scrub(&err.to_string()))),
+            Err(_) => Some(format!("quick_check timed out after {} ms", thresholds.timeout.as_millis())),
+        }
     } else {
         None
     };

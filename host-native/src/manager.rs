@@ -11,7 +11,7 @@ use dbguard_core::{
 };
 use sea_orm::DatabaseConnection;
 
-use crate::classify::classify_db_err;
+use crate::classify::{classify_db_err, classify_sqlx};
 use crate::clock::Clock;
 use crate::health::HealthState;
 use crate::pool;
@@ -172,16 +172,19 @@ impl DbManager {
         let db = loop {
             attempts += 1;
             let span = tracing::info_span!("connect", target = %target_of(&config), attempt = attempts);
-            let result = {
+            let reachable = {
                 let _entered = span.enter();
                 tracing::info!(url = %config.url, "connecting");
-                pool::open(&config, false).await
+                pool::verify_reachable(&config).await
+            };
+            let result = match reachable {
+                Ok(()) => pool::open(&config, false).await.map_err(|err| (classify_db_err(&err), err.to_string())),
+                Err(err) => Err((classify_sqlx(&err), err.to_string())),
             };
             match result {
                 Ok(db) => break db,
-                Err(err) => {
-                    let classified = classify_db_err(&err);
-                    let cause = redactor.scrub(&err.to_string());
+                Err((classified, cause)) => {
+                    let cause = redactor.scrub(&cause);
                     match state.on_failure(clock.now(), classified.class) {
                         Decision::RetryAt(deadline) => {
                             tracing::warn!(class = classified.class.as_str(), %cause, "connect failed; retrying");
@@ -326,13 +329,17 @@ impl DbManager {
         let span = tracing::info_span!("reconnect", target = %target_of(&self.inner.config));
         let _entered = span.enter();
         let started = tokio::time::Instant::now();
-        let opened = pool::open(&self.inner.config, false).await;
+        let opened = match pool::verify_reachable(&self.inner.config).await {
+            Ok(()) => {
+                pool::open(&self.inner.config, false).await.map_err(|err| (classify_db_err(&err), err.to_string()))
+            }
+            Err(err) => Err((classify_sqlx(&err), err.to_string())),
+        };
         let db = match opened {
             Ok(db) => db,
-            Err(err) => {
+            Err((classified, cause)) => {
                 self.inner.stats.on_reconnect(false);
-                let classified = classify_db_err(&err);
-                let message = format!("reconnect failed: {}", self.inner.redactor.scrub(&err.to_string()));
+                let message = format!("reconnect failed: {}", self.inner.redactor.scrub(&cause));
                 tracing::warn!(class = classified.class.as_str(), %message);
                 return Err(crate::DbError::with_message(
                     classified.class,

@@ -90,6 +90,38 @@ pub fn prepare_sqlite_file(config: &DbConfig) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Opens one connection outside any pool and closes it again, so a failure reports its real
+/// cause (connection refused, authentication failed, …) instead of the pool's "timed out
+/// while waiting for an open connection".
+pub async fn verify_reachable(config: &DbConfig) -> Result<(), sqlx::Error> {
+    use sqlx::{ConnectOptions as _, Connection as _};
+    let url = config.url.expose_secret();
+    let attempt = async {
+        match config.database_type() {
+            DatabaseType::Postgresql => {
+                let options = url
+                    .parse::<sqlx::postgres::PgConnectOptions>()?
+                    .ssl_mode(pg_ssl_mode(config.ssl_mode))
+                    .application_name(APPLICATION_NAME)
+                    .disable_statement_logging();
+                options.connect().await?.close().await
+            }
+            DatabaseType::Sqlite if config.url.is_sqlite_memory() => Ok(()),
+            DatabaseType::Sqlite => {
+                let options = url
+                    .parse::<sqlx::sqlite::SqliteConnectOptions>()?
+                    .create_if_missing(true)
+                    .disable_statement_logging();
+                options.connect().await?.close().await
+            }
+        }
+    };
+    match tokio::time::timeout(config.pool.timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(sqlx::Error::PoolTimedOut),
+    }
+}
+
 /// Opens the pool.
 pub async fn open(config: &DbConfig, lazy: bool) -> Result<DatabaseConnection, DbErr> {
     Database::connect(connect_options(config, lazy)).await

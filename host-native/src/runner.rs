@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
 
 use dbguard_core::{
     Admission, AttemptInfo, Decision, ErrorClass, GiveUpReason, Idempotency, Instant, PolicyVerdict, RetryPolicy,
@@ -76,7 +75,9 @@ impl DbManager {
         let started = tokio::time::Instant::now();
         let mut state = self.retry_state(policy, idempotency);
         loop {
-            self.admit()?;
+            if !self.admit(&mut state, started).await? {
+                continue;
+            }
             let slot = self.pool_slot();
             let failure = match op(slot.db.clone()).await {
                 Ok(value) => {
@@ -128,7 +129,9 @@ impl DbManager {
         // to repeat as a whole.
         let mut state = self.retry_state(self.config().retry, Idempotency::Idempotent);
         loop {
-            self.admit()?;
+            if !self.admit(&mut state, started).await? {
+                continue;
+            }
             let slot = self.pool_slot();
             let outcome = match slot.db.begin_with_options(options.to_sea_orm()).await {
                 Err(err) => Err(self.classify_failure(err, slot.generation)),
@@ -161,23 +164,32 @@ impl DbManager {
         RetryState::with_rng(policy, idempotency, SeededRng::new(self.inner.next_seed()))
     }
 
-    fn admit(&self) -> Result<(), DbError> {
+    /// Asks the breaker whether this attempt may reach the database. A new call is refused at
+    /// once while the breaker is open (fail fast). A call already retrying instead waits out
+    /// its own schedule without touching the database, and is refused only when the schedule
+    /// is used up. Returns `Ok(false)` when the caller should ask again.
+    async fn admit(&self, state: &mut RetryState<SeededRng>, started: tokio::time::Instant) -> Result<bool, DbError> {
         let now = self.inner.clock.now();
         let admission = self.inner.with_guard(|guard| guard.breaker.admit(now));
-        match admission {
-            Admission::Allowed | Admission::Probe => Ok(()),
-            Admission::Rejected { retry_at } => {
-                metrics::counter!(crate::stats::names::BREAKER_REJECTIONS).increment(1);
-                let error = DbError::circuit_open(
-                    self.inner.last_connectivity_class(),
-                    retry_at.saturating_duration_since(now).as_millis(),
-                    None,
-                );
-                self.inner.stats.on_call(Duration::ZERO, false);
-                self.inner.stats.on_surfaced_error(error.class(), &error.to_string(), rfc3339_now());
-                Err(error)
-            }
+        let Admission::Rejected { retry_at } = admission else { return Ok(true) };
+        metrics::counter!(crate::stats::names::BREAKER_REJECTIONS).increment(1);
+        if state.retries() > 0
+            && let Decision::RetryAt(deadline) = state.on_failure(now, ErrorClass::ConnectionRefused)
+        {
+            self.inner.clock.sleep_until(deadline).await;
+            return Ok(false);
         }
+        let error = DbError::circuit_open(
+            self.inner.last_connectivity_class(),
+            retry_at.saturating_duration_since(now).as_millis(),
+            state.retries(),
+            Some(rfc3339_now()),
+        );
+        self.inner.stats.on_call(started.elapsed(), false);
+        self.inner.stats.on_surfaced_error(error.class(), &error.to_string(), rfc3339_now());
+        // Failing fast must not starve the runtime when a caller loops on it.
+        tokio::task::consume_budget().await;
+        Err(error)
     }
 
     fn on_call_success(&self, started: tokio::time::Instant) {

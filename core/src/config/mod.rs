@@ -341,6 +341,21 @@ impl DbConfig {
     pub fn database_type(&self) -> DatabaseType {
         self.url.database_type()
     }
+
+    /// Checks what serving the HTTP API needs beyond the database: in production a token key
+    /// must be configured (development generates one). Tools that only talk to the database
+    /// (`check`, the WASI host) do not call this.
+    pub fn require_api_key(&self) -> Result<(), ConfigError> {
+        let auth = &self.service.auth;
+        if self.profile == Profile::Production && auth.secret.is_none() && auth.public_key_file.is_none() {
+            return Err(ConfigError::Missing {
+                variable: vars::JWT_SECRET,
+                profile: self.profile,
+                hint: "set JWT_SECRET (or JWT_SECRET_FILE) or JWT_PUBLIC_KEY_FILE so the API can verify tokens",
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Connection facts safe to show: never the password.
@@ -516,7 +531,7 @@ impl Parser<'_> {
             cool_down: self.duration(vars::DB_BREAKER_COOLDOWN, 5 * SECOND, MILLISECOND, HOUR)?,
             ..BreakerConfig::default()
         };
-        let service = self.service(profile)?;
+        let service = self.service()?;
 
         Ok(DbConfig {
             profile,
@@ -606,7 +621,7 @@ impl Parser<'_> {
         )
     }
 
-    fn service(&self, profile: Profile) -> Result<ServiceConfig, ConfigError> {
+    fn service(&self) -> Result<ServiceConfig, ConfigError> {
         let bind = match self.non_empty(vars::DBGUARD_BIND, "host:port, e.g. 127.0.0.1:8080")? {
             None => "127.0.0.1:8080".to_owned(),
             Some(bind) => {
@@ -643,13 +658,6 @@ impl Parser<'_> {
             return Err(ConfigError::Conflict {
                 variable: vars::JWT_PUBLIC_KEY_FILE,
                 reason: "JWT_SECRET and JWT_PUBLIC_KEY_FILE are both set; choose one algorithm".to_owned(),
-            });
-        }
-        if profile == Profile::Production && auth.secret.is_none() && auth.public_key_file.is_none() {
-            return Err(ConfigError::Missing {
-                variable: vars::JWT_SECRET,
-                profile,
-                hint: "set JWT_SECRET (or JWT_SECRET_FILE) or JWT_PUBLIC_KEY_FILE so the API can verify tokens",
             });
         }
         Ok(ServiceConfig {

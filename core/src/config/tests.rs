@@ -81,10 +81,13 @@ fn production_requires_tls_unless_explicitly_disabled() {
 }
 
 #[test]
-fn production_requires_an_api_key() {
-    let e = err(&[("DBGUARD_ENV", "production"), ("DATABASE_URL", "postgres://db/x"), ("DB_SSL", "false")]);
+fn serving_in_production_requires_an_api_key() {
+    let config = parse(&[("DBGUARD_ENV", "production"), ("DATABASE_URL", "postgres://db/x"), ("DB_SSL", "false")])
+        .expect("database settings alone are valid");
+    let e = config.require_api_key().expect_err("no key for the API");
     assert_eq!(e.variable(), "JWT_SECRET");
     assert!(matches!(e, ConfigError::Missing { .. }));
+    assert!(parse(&[]).expect("development").require_api_key().is_ok(), "development generates a key");
 }
 
 #[test]

@@ -111,18 +111,21 @@ pub fn postgres_checks(observed: &PostgresObservations, thresholds: &ProbeThresh
     checks
 }
 
-/// The checks for a SQLite probe. A corrupt file fails (required); a journal mode other than
-/// WAL warns, since readers then block writers.
+/// The checks for a SQLite probe. A corrupt file fails (required); the journal mode and size
+/// are reported for information.
 pub fn sqlite_checks(observed: &SqliteObservations, thresholds: &ProbeThresholds) -> Vec<CheckResult> {
     let mut checks = vec![round_trip_check(&observed.round_trip, thresholds)];
     if !matches!(observed.round_trip, RoundTrip::Answered(_)) {
         return checks;
     }
     if let Some(mode) = &observed.journal_mode {
-        let check = CheckResult::new(names::JOURNAL_MODE, CheckStatus::Pass, false).with_message(mode.clone());
-        // In-memory databases cannot use WAL; "memory" is their normal mode.
-        let expected = matches!(mode.as_str(), "wal" | "memory");
-        checks.push(if expected { check } else { CheckResult { status: CheckStatus::Warn, ..check } });
+        // Informational: a rollback journal is a legitimate choice (readers then block writers),
+        // so it never degrades the report on its own.
+        let message = match mode.as_str() {
+            "wal" | "memory" => mode.clone(),
+            other => format!("{other} (not WAL: readers block writers)"),
+        };
+        checks.push(CheckResult::new(names::JOURNAL_MODE, CheckStatus::Pass, false).with_message(message));
     }
     if let Some(result) = &observed.quick_check {
         let status = if result == "ok" { CheckStatus::Pass } else { CheckStatus::Fail };
@@ -167,7 +170,7 @@ mod tests {
     }
 
     #[test]
-    fn sqlite_corruption_fails_and_rollback_journal_warns() {
+    fn sqlite_corruption_fails_and_rollback_journal_is_informational() {
         let t = ProbeThresholds::default();
         let good = SqliteObservations {
             round_trip: answered(1),
@@ -177,7 +180,9 @@ mod tests {
         };
         assert_eq!(HealthStatus::aggregate(&sqlite_checks(&good, &t)), HealthStatus::Healthy);
         let delete = SqliteObservations { journal_mode: Some("delete".into()), ..good.clone() };
-        assert_eq!(HealthStatus::aggregate(&sqlite_checks(&delete, &t)), HealthStatus::Degraded);
+        let checks = sqlite_checks(&delete, &t);
+        assert_eq!(HealthStatus::aggregate(&checks), HealthStatus::Healthy);
+        assert!(checks.iter().any(|c| c.message.as_deref() == Some("delete (not WAL: readers block writers)")));
         let corrupt = SqliteObservations { quick_check: Some("*** in database main ***".into()), ..good };
         assert_eq!(HealthStatus::aggregate(&sqlite_checks(&corrupt, &t)), HealthStatus::Unhealthy);
     }

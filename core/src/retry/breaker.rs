@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use crate::classify::ErrorClass;
 use crate::time::Instant;
 
-/// Breaker tuning. Only connectivity failures ([`ErrorClass::is_connectivity`]) count; a
-/// syntax error proves the database is up.
+/// Breaker tuning. Only failures to reach the database ([`ErrorClass::trips_breaker`]) count;
+/// a syntax error proves the database is up.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BreakerConfig {
     /// Open after this many consecutive connectivity failures.
@@ -65,7 +65,7 @@ pub enum Admission {
 /// A circuit breaker driven by `now`.
 ///
 /// ```text
-///            N consecutive connectivity failures,
+///            N consecutive failures to connect,
 ///            or failure ratio ≥ r over the window
 ///   Closed ───────────────────────────────────────► Open
 ///     ▲                                              │  cool-down elapses
@@ -136,10 +136,13 @@ impl CircuitBreaker {
         }
     }
 
-    /// Records a failed call. Non-connectivity classes count as successes.
+    /// Records a failed call. Classes that do not trip the breaker count as successes, except
+    /// a connection lost mid-call, which counts as neither.
     pub fn on_failure(&mut self, now: Instant, class: ErrorClass) {
-        if !class.is_connectivity() {
-            self.on_success(now);
+        if !class.trips_breaker() {
+            if !class.is_connectivity() {
+                self.on_success(now);
+            }
             return;
         }
         self.consecutive = self.consecutive.saturating_add(1);
@@ -227,6 +230,16 @@ mod tests {
     }
 
     #[test]
+    fn killed_connections_alone_do_not_open_it() {
+        let mut b = breaker();
+        for i in 0..100 {
+            b.on_failure(ms(i), ErrorClass::ConnectionLost);
+            b.on_failure(ms(i), ErrorClass::ServerShuttingDown);
+        }
+        assert_eq!(b.state(ms(100)), BreakerState::Closed);
+    }
+
+    #[test]
     fn query_errors_do_not_open_it() {
         let mut b = breaker();
         for i in 0..100 {
@@ -254,13 +267,13 @@ mod tests {
     fn half_open_probe_closes_or_reopens() {
         let mut b = breaker();
         for i in 0..5 {
-            b.on_failure(ms(i), ErrorClass::ConnectionLost);
+            b.on_failure(ms(i), ErrorClass::ConnectionRefused);
         }
         assert_eq!(b.state(ms(1004)), BreakerState::HalfOpen);
         assert_eq!(b.admit(ms(1004)), Admission::Probe);
         // A second caller while the probe is out is still rejected.
         assert!(matches!(b.admit(ms(1005)), Admission::Rejected { .. }));
-        b.on_failure(ms(1010), ErrorClass::ConnectionLost);
+        b.on_failure(ms(1010), ErrorClass::Timeout);
         assert_eq!(b.state(ms(1010)), BreakerState::Open);
         assert_eq!(b.admit(ms(2010)), Admission::Probe);
         b.on_success(ms(2011));

@@ -290,10 +290,8 @@ impl ReadOnlyQuery {
                 let _ = conn.close().await;
             }
             // Truncated or failed: the server may still be sending rows; dropping the socket
-            // aborts the transaction without draining them.
-            _ => {
-                let _ = conn.close_hard().await;
-            }
+            // aborts the transaction without draining them (the server rolls back on EOF).
+            _ => drop(conn),
         }
         result
     }

@@ -25,3 +25,11 @@ wasm-check:
 # Everything CI does, on this machine.
 ci:
     bash .ci/run
+
+# Build the guest SDK's example plugins (WebAssembly components) into plugin-wasi/guest/target.
+plugins:
+    cd plugin-wasi/guest && cargo build --release --target wasm32-wasip2
+
+# Build the WASI host (needs Debian's clang, llvm-14 and wasi-libc).
+wasi:
+    host-wasi/build.sh

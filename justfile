@@ -15,7 +15,7 @@ lint:
 
 # Regenerate schemas/ from the code.
 schemas:
-    cargo run -p dbguard-core --example export-schemas
+    cargo run -p dbguard -- schemas
 
 # Build the pure core for both WebAssembly targets.
 wasm-check:

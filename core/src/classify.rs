@@ -111,12 +111,17 @@ impl ErrorClass {
     /// The transient set includes every code Npgsql treats as transient; codes not listed
     /// fall back to their two-character class, then to [`ErrorClass::Unknown`].
     pub fn from_sqlstate(sqlstate: &str) -> Self {
-        let code = sqlstate.trim();
+        let code = sqlstate.trim().as_bytes();
         if code.len() != 5 || !code.is_ascii() {
             return Self::Unknown;
         }
-        let upper = code.to_ascii_uppercase();
-        match upper.as_str() {
+        // Upper-case on the stack: classification sits on the error path of every call.
+        let mut buffer = [0u8; 5];
+        for (out, byte) in buffer.iter_mut().zip(code) {
+            *out = byte.to_ascii_uppercase();
+        }
+        let Ok(upper) = core::str::from_utf8(&buffer) else { return Self::Unknown };
+        match upper {
             "08001" | "08004" => Self::ConnectionRefused,
             "08000" | "08003" | "08006" | "08007" => Self::ConnectionLost,
             "53300" => Self::TooManyConnections,

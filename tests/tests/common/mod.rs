@@ -43,3 +43,222 @@ pub async fn admin_scalar(url: &str, sql: &str) -> i64 {
     conn.close().await.ok();
     value
 }
+
+// ---------------------------------------------------------------------------------------------
+// Fault drills: the ledger workload driven through dbguard, and what its callers were told.
+// ---------------------------------------------------------------------------------------------
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use dbguard::{DbError, HealthReport, HealthStatus, Idempotency};
+use dbguard_tests::{INSERT_SQL, Ledger, LedgerReport, Outcome, ledger_key};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+
+/// Upper bound on any single wait in a drill. A hang detector, not a timing claim: reaching it
+/// means something never returned.
+pub const HANG_LIMIT: Duration = Duration::from_secs(30);
+
+/// What a caller makes of a guarded call's error.
+pub fn outcome_of(err: &DbError) -> Outcome {
+    if err.is_outcome_unknown() { Outcome::OutcomeUnknown } else { Outcome::Error(err.class().as_str().to_owned()) }
+}
+
+/// One ledger write through dbguard: the idempotent insert of key `w<worker>-<seq>`.
+pub async fn ledger_write(manager: &DbManager, idempotency: Idempotency, worker: i32, seq: i32) -> Result<(), DbError> {
+    manager
+        .run(idempotency, move |db| async move {
+            let values = [ledger_key(worker, seq).into(), worker.into(), seq.into()];
+            db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, INSERT_SQL, values)).await.map(|_| ())
+        })
+        .await
+}
+
+/// One idempotent read of the ledger through dbguard.
+pub async fn ledger_read(manager: &DbManager) -> Result<i64, DbError> {
+    manager
+        .run(Idempotency::Idempotent, |db| async move {
+            let row = db
+                .query_one_raw(Statement::from_string(DbBackend::Postgres, "SELECT count(*) AS n FROM ledger"))
+                .await?;
+            row.map_or(Ok(0), |r| r.try_get::<i64>("", "n"))
+        })
+        .await
+}
+
+/// What the load's callers saw.
+#[derive(Debug, Default)]
+pub struct LoadTally {
+    /// Writes: calls and outcomes.
+    pub writes: LedgerReport,
+    /// Reads: calls and outcomes.
+    pub reads: LedgerReport,
+    /// Keys of acknowledged writes.
+    pub acked: Vec<String>,
+    /// `(worker, seq)` of writes whose outcome is unknown.
+    pub unknown: Vec<(i32, i32)>,
+    /// The first few error texts callers saw, for the failure message.
+    pub samples: Vec<String>,
+}
+
+impl LoadTally {
+    /// Writes and reads in one report (the drill's summary line): calls and errors count reads
+    /// too; `acked` counts acknowledged writes only.
+    pub fn combined(&self) -> LedgerReport {
+        let mut all = self.writes.clone();
+        all.calls += self.reads.calls;
+        for (class, n) in &self.reads.errors {
+            *all.errors.entry(class.clone()).or_default() += n;
+        }
+        all
+    }
+
+    fn note(&mut self, err: &DbError) {
+        if self.samples.len() < 8 {
+            self.samples.push(err.to_string());
+        }
+    }
+}
+
+/// Ledger writers and readers running against a manager until [`LedgerLoad::finish`].
+pub struct LedgerLoad {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<LoadTally>>,
+}
+
+impl LedgerLoad {
+    /// Starts `writers` writer tasks (worker ids `0..writers`, writing with `idempotency`) and
+    /// `readers` reader tasks. Each pauses briefly between calls so the server keeps some CPU.
+    pub fn start(manager: &DbManager, writers: i32, readers: usize, idempotency: Idempotency) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for worker in 0..writers {
+            let (manager, stop) = (manager.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut tally = LoadTally::default();
+                let mut seq = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let result = ledger_write(&manager, idempotency, worker, seq).await;
+                    let outcome = match &result {
+                        Ok(()) => {
+                            tally.acked.push(ledger_key(worker, seq));
+                            Outcome::Ok
+                        }
+                        Err(err) => {
+                            tally.note(err);
+                            outcome_of(err)
+                        }
+                    };
+                    if outcome == Outcome::OutcomeUnknown {
+                        tally.unknown.push((worker, seq));
+                    }
+                    tally.writes.record(&outcome);
+                    seq += 1;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                tally
+            }));
+        }
+        for _ in 0..readers {
+            let (manager, stop) = (manager.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut tally = LoadTally::default();
+                while !stop.load(Ordering::Relaxed) {
+                    match ledger_read(&manager).await {
+                        Ok(_) => tally.reads.record(&Outcome::Ok),
+                        Err(err) => {
+                            tally.note(&err);
+                            tally.reads.record(&outcome_of(&err));
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                tally
+            }));
+        }
+        Self { stop, tasks }
+    }
+
+    /// Stops the load and adds up what every task saw. Panics if a task does not return within
+    /// [`HANG_LIMIT`] (a hung call).
+    pub async fn finish(self) -> LoadTally {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut total = LoadTally::default();
+        for task in self.tasks {
+            let tally = tokio::time::timeout(HANG_LIMIT, task)
+                .await
+                .expect("a ledger task hung: some call never returned")
+                .expect("ledger task panicked");
+            total.writes.merge(&tally.writes);
+            total.reads.merge(&tally.reads);
+            total.acked.extend(tally.acked);
+            total.unknown.extend(tally.unknown);
+            for sample in tally.samples {
+                if total.samples.len() < 8 {
+                    total.samples.push(sample);
+                }
+            }
+        }
+        total
+    }
+}
+
+/// Looks up each outcome-unknown write by its idempotency key (outside dbguard). Returns how
+/// many had committed; those are added to `tally.acked`. The others are written again through
+/// dbguard under the same key (safe: the insert is idempotent by key) and, once acknowledged,
+/// added too. Never blind-replays a write whose key is present.
+pub async fn resolve_unknown(manager: &DbManager, ledger: &Ledger, tally: &mut LoadTally) -> (u64, u64) {
+    let (mut committed, mut rewritten) = (0, 0);
+    for &(worker, seq) in &tally.unknown.clone() {
+        let key = ledger_key(worker, seq);
+        let present: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger WHERE idempotency_key = $1")
+            .bind(&key)
+            .fetch_one(ledger.pool())
+            .await
+            .expect("look up an outcome-unknown key");
+        if present > 0 {
+            committed += 1;
+        } else {
+            ledger_write(manager, Idempotency::NonIdempotent, worker, seq)
+                .await
+                .expect("re-issuing a write that did not commit succeeds once the server is back");
+            rewritten += 1;
+        }
+        tally.acked.push(key);
+    }
+    (committed, rewritten)
+}
+
+/// Probes (forced) until the status is `want`, at most [`HANG_LIMIT`]; returns that report and
+/// the statuses seen on the way. Panics with the last report if `want` never shows.
+pub async fn wait_for_health(manager: &DbManager, want: HealthStatus) -> (Arc<HealthReport>, Vec<HealthStatus>) {
+    let deadline = tokio::time::Instant::now() + HANG_LIMIT;
+    let mut seen = Vec::new();
+    loop {
+        let report = manager.check_health(true).await;
+        if seen.last() != Some(&report.status) {
+            seen.push(report.status);
+        }
+        if report.status == want {
+            return (report, seen);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "health never became {want:?}; saw {seen:?}; last: {}",
+            report.message
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Prints a drill's one-line summary (stdout; `--nocapture` shows it).
+pub fn print_summary(drill: &str, report: &LedgerReport, extra: &str) {
+    let classes = report.error_classes();
+    println!(
+        "DRILL {drill:<24} {}{}{}",
+        report.summary(),
+        if classes.is_empty() { String::new() } else { format!(" error_classes=[{classes}]") },
+        if extra.is_empty() { String::new() } else { format!(" {extra}") }
+    );
+}

@@ -1,0 +1,132 @@
+//! Fault drill: a network partition (the proxy accepts and never answers) between dbguard and
+//! PostgreSQL.
+//!
+//! New calls must come back with a typed error once the pool's acquire timeout fires (no task
+//! hangs), the breaker must open so that later calls fail fast, and calls must succeed again
+//! once traffic flows and the pool is rebuilt. A query already running on a connection when the
+//! partition starts is observed and reported (see the summary's `in_flight=`): dbguard sets no
+//! client-side statement timeout on `run`, so such a call waits for the network.
+
+mod common;
+
+use std::time::Duration;
+
+use dbguard::{ErrorClass, HealthStatus, Idempotency};
+use dbguard_core::BreakerState;
+use dbguard_tests::{FaultProxy, Ledger, Outcome, ProxyMode, TestDb};
+use sea_orm::ConnectionTrait;
+
+const DRILL_VARS: &[(&str, &str)] = &[
+    ("DB_POOL_SIZE", "2"),
+    ("DB_MAX_OVERFLOW", "2"),
+    ("DB_POOL_TIMEOUT", "500ms"),
+    ("DB_HEALTH_TIMEOUT", "500ms"),
+    ("DB_RETRY_MAX_ATTEMPTS", "2"),
+    ("DB_BREAKER_FAILURES", "5"),
+    ("DB_BREAKER_COOLDOWN", "30s"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blackhole_fails_typed_opens_the_breaker_and_recovers() {
+    let test = "drill_blackhole";
+    let Some(db) = TestDb::create_or_skip(test).await else { return };
+    let ledger = Ledger::connect(db.url()).await.expect("ledger connection");
+    ledger.create_table().await.expect("ledger table");
+    let proxy = FaultProxy::start(db.server_addr().await.expect("server address")).await.expect("proxy");
+    let manager = common::manager(&proxy.rewrite_url(db.url()), DRILL_VARS).await;
+    let mut report = dbguard_tests::LedgerReport::default();
+    let mut acked = Vec::new();
+    let mut seq = 0;
+
+    for _ in 0..20 {
+        common::ledger_write(&manager, Idempotency::Idempotent, 0, seq).await.expect("write before the fault");
+        report.record(&Outcome::Ok);
+        acked.push(dbguard_tests::ledger_key(0, seq));
+        seq += 1;
+    }
+
+    // A query that is on the wire when the partition starts.
+    let in_flight = {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            manager
+                .run(Idempotency::Idempotent, |db| async move {
+                    db.execute_unprepared("SELECT pg_sleep(0.2)").await.map(|_| ())
+                })
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    proxy.set_mode(ProxyMode::Blackhole);
+    report.faults = 1;
+    // Let the pooled connections sit idle past the validation window, so acquiring one pings it.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    // New calls during the partition: each must return, with a typed error.
+    let calls: Vec<_> = (0..8)
+        .map(|i| {
+            let manager = manager.clone();
+            tokio::spawn(async move {
+                tokio::time::timeout(common::HANG_LIMIT, common::ledger_write(&manager, Idempotency::Idempotent, 1, i))
+                    .await
+            })
+        })
+        .collect();
+    let mut classes = Vec::new();
+    for call in calls {
+        let result = call.await.expect("task").expect("a call hung during the blackhole");
+        let err = result.expect_err("no write can succeed through a blackhole");
+        report.record(&common::outcome_of(&err));
+        classes.push((err.class(), err.is_circuit_open()));
+    }
+    for (class, _) in &classes {
+        assert!(
+            matches!(class, ErrorClass::PoolExhausted | ErrorClass::Timeout),
+            "blackholed calls fail as pool_exhausted or timeout, not {class}: {classes:?}"
+        );
+    }
+    let breaker_during = manager.breaker_state();
+    assert_eq!(breaker_during, BreakerState::Open, "repeated acquire timeouts open the breaker");
+
+    let fast = common::ledger_write(&manager, Idempotency::Idempotent, 2, 0).await.expect_err("breaker is open");
+    report.record(&common::outcome_of(&fast));
+    assert!(fast.is_circuit_open(), "a call while the breaker is open fails fast: {fast}");
+    assert_eq!(fast.retry_count(), 0, "failing fast means no attempt and no retry");
+
+    let health = manager.check_health(true).await;
+    assert_eq!(health.status, HealthStatus::Unhealthy, "{}", health.message);
+    let in_flight_hung = !in_flight.is_finished();
+
+    proxy.set_mode(ProxyMode::Pass);
+    let in_flight_result =
+        tokio::time::timeout(common::HANG_LIMIT, in_flight).await.expect("in-flight call returns once traffic flows");
+    let in_flight_outcome = match in_flight_result.expect("task") {
+        Ok(()) => "ok".to_owned(),
+        Err(err) => err.class().as_str().to_owned(),
+    };
+    let rebuilt = manager.reconnect().await.expect("reconnect once traffic flows");
+    assert_eq!(rebuilt.status, HealthStatus::Healthy, "{}", rebuilt.message);
+    assert_eq!(manager.breaker_state(), BreakerState::Closed, "a successful rebuild closes the breaker");
+    for _ in 0..20 {
+        common::ledger_write(&manager, Idempotency::Idempotent, 0, seq).await.expect("write after recovery");
+        report.record(&Outcome::Ok);
+        acked.push(dbguard_tests::ledger_key(0, seq));
+        seq += 1;
+    }
+
+    let audit = ledger.audit(&acked).await.expect("audit");
+    report.retries = manager.stats().retries();
+    report.apply_audit(&audit);
+    common::print_summary(
+        test,
+        &report,
+        &format!(
+            "breaker_during={breaker_during:?} health_during={:?} in_flight={} in_flight_after_pass={in_flight_outcome}",
+            health.status,
+            if in_flight_hung { "hung_until_traffic_flowed" } else { "returned_during_blackhole" }
+        ),
+    );
+    assert_eq!(report.lost, 0, "acknowledged writes lost: {:?}", audit.lost);
+    assert_eq!(report.duplicates, 0);
+    manager.close().await;
+}

@@ -33,3 +33,18 @@ plugins:
 # Build the WASI host (needs Debian's clang, llvm-14 and wasi-libc).
 wasi:
     host-wasi/build.sh
+
+# Fault drills: break the database on purpose under load; one summary line per drill.
+drills:
+    #!/usr/bin/env bash
+    set -uo pipefail
+    mkdir -p target
+    cargo test -p dbguard-tests --no-fail-fast \
+        --test drill_restart --test drill_kill9 --test drill_terminate --test drill_blackhole \
+        --test drill_latency --test drill_max_connections --test drill_startup_down \
+        --test drill_sqlite --test drill_reconnect \
+        -- --nocapture --test-threads=1 2>&1 | tee target/drills.log | grep -E 'SKIP |panicked at|^test result: FAILED'
+    status=${PIPESTATUS[0]}
+    echo
+    grep -o 'DRILL .*' target/drills.log
+    exit "$status"

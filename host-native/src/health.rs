@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use dbguard_core::health::probe::{postgres_checks, sqlite_checks};
-use dbguard_core::health::{PostgresObservations, ProbeThresholds, RoundTrip, SqliteObservations};
+use dbguard_core::health::{
+    CheckResult, CheckStatus, PostgresObservations, ProbeThresholds, RoundTrip, SqliteObservations,
+};
 use dbguard_core::{CachedReport, DatabaseType, DbConfig, HealthReport, HealthStatus, Instant};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, Statement};
 
@@ -17,6 +19,26 @@ use crate::pool;
 
 /// `PRAGMA quick_check` reads the whole file: run it on the first probe and every Nth after.
 const QUICK_CHECK_EVERY: u64 = 10;
+
+/// One check contributed from outside core's probe (a health-check plugin, for instance).
+///
+/// The health service runs it on a blocking thread (`spawn_blocking`) within the probe's
+/// timeout, so [`ExtraCheck::run`] may block; if it errs, panics or overruns, the report gets a
+/// failed, non-required check named [`ExtraCheck::name`] with the reason instead.
+pub trait ExtraCheck: Send + Sync {
+    /// The name to report when the check cannot answer.
+    fn name(&self) -> String;
+    /// Runs the check once. May block, but should return within its own timeout: a check that
+    /// overruns the probe's is reported as failed while its thread keeps running.
+    fn run(&self) -> Result<CheckResult, String>;
+}
+
+/// Supplies the extra checks each probe runs after core's checks; their results join the
+/// report's `checks` and its aggregation. Installed with [`DbManager::set_extra_checks`].
+pub trait ExtraChecks: Send + Sync {
+    /// The checks to run in this probe (the set may change between probes).
+    fn checks(&self) -> Vec<Arc<dyn ExtraCheck>>;
+}
 
 /// A cached report and the one shared copy every reader gets, so repeated reads return the
 /// same `Arc` (callers can key their own caches, e.g. of the serialized body, on it).
@@ -41,6 +63,8 @@ pub(crate) struct HealthState {
     monitor_stop: tokio::sync::Notify,
     monitor_running: AtomicBool,
     ttl: Duration,
+    /// Checks from outside core (plugins); none unless installed.
+    extra_checks: ArcSwapOption<Arc<dyn ExtraChecks>>,
 }
 
 impl HealthState {
@@ -53,6 +77,7 @@ impl HealthState {
             monitor_stop: tokio::sync::Notify::new(),
             monitor_running: AtomicBool::new(false),
             ttl: config.health.cache_ttl,
+            extra_checks: ArcSwapOption::empty(),
         }
     }
 
@@ -134,6 +159,13 @@ impl DbManager {
         })
     }
 
+    /// Installs (or with `None` removes) checks that every probe runs after core's own, such as
+    /// health-check plugins. The next read probes again so the change shows at once.
+    pub fn set_extra_checks(&self, checks: Option<Arc<dyn ExtraChecks>>) {
+        self.inner.health.extra_checks.store(checks.map(Arc::new));
+        self.inner.health.mark_stale();
+    }
+
     /// Health probes run so far.
     pub fn probe_count(&self) -> u64 {
         self.inner.stats.probes()
@@ -148,7 +180,7 @@ impl DbManager {
         let slot = self.pool_slot();
         let span = tracing::debug_span!("health_probe", database = config.database_type().as_str());
         let _entered = span.enter();
-        let (version, checks, failure) = match config.database_type() {
+        let (version, mut checks, failure) = match config.database_type() {
             DatabaseType::Postgresql => {
                 let (version, observed, failure) = observe_postgres(&slot.db, &thresholds, inner).await;
                 (version, postgres_checks(&observed, &thresholds), failure)
@@ -159,7 +191,9 @@ impl DbManager {
                 (version, sqlite_checks(&observed, &thresholds), failure)
             }
         };
+        // The response time is the database's; extra checks run after it is measured.
         let elapsed = started.elapsed();
+        checks.extend(self.run_extra_checks(failure.is_none(), thresholds.timeout).await);
         let report = HealthReport::from_checks(
             config.database_type(),
             version,
@@ -199,6 +233,40 @@ impl DbManager {
         }
         report
     }
+}
+
+impl DbManager {
+    /// Runs the installed extra checks concurrently, each on a blocking thread within
+    /// `timeout`. When the database did not answer the probe they are not run (they would only
+    /// wait out their own timeouts) and are reported as failed.
+    async fn run_extra_checks(&self, database_answered: bool, timeout: Duration) -> Vec<CheckResult> {
+        let Some(source) = self.inner.health.extra_checks.load_full() else { return Vec::new() };
+        let checks = source.checks();
+        if !database_answered {
+            return checks
+                .iter()
+                .map(|check| failed_check(check.name(), "not run: the database did not answer the probe".to_owned()))
+                .collect();
+        }
+        let runs = checks.into_iter().map(|check| async move {
+            let name = check.name();
+            let task = tokio::task::spawn_blocking(move || check.run());
+            match tokio::time::timeout(timeout, task).await {
+                Ok(Ok(Ok(result))) => result,
+                Ok(Ok(Err(reason))) => failed_check(name, reason),
+                Ok(Err(join)) => failed_check(name, format!("the check did not finish: {join}")),
+                Err(_) => failed_check(name, format!("no answer within {} ms", timeout.as_millis())),
+            }
+        });
+        futures::future::join_all(runs).await
+    }
+}
+
+/// A failed, non-required check: degrades the report without making it unhealthy.
+fn failed_check(name: String, reason: String) -> CheckResult {
+    let mut result = CheckResult::new(name, CheckStatus::Fail, false);
+    result.message = Some(reason);
+    result
 }
 
 fn shared_report(entry: Arc<CacheEntry>) -> Arc<HealthReport> {

@@ -122,12 +122,17 @@ async fn serve(config: DbConfig, bind: Option<String>) -> ExitCode {
     };
     let bind = bind.unwrap_or_else(|| config.service.bind.clone());
     let profile = config.profile;
+    let plugin_dir = config.service.plugin_dir.clone();
     let manager = match DbManager::connect_lazy(config).await {
         Ok(manager) => manager,
         Err(err) => {
             eprintln!("dbguard: {err}");
             return ExitCode::from(EXIT_UNAVAILABLE);
         }
+    };
+    let state = match attach_plugins(AppState::new(manager.clone(), auth), &manager, plugin_dir).await {
+        Ok(state) => state,
+        Err(code) => return code,
     };
     let listener = match tokio::net::TcpListener::bind(&bind).await {
         Ok(listener) => listener,
@@ -140,10 +145,10 @@ async fn serve(config: DbConfig, bind: Option<String>) -> ExitCode {
     let monitor = manager.spawn_monitor();
     let info = manager.info();
     println!("dbguard listening on http://{address} ({profile} profile, {})", target_line(&info));
-    if profile == Profile::Development && auth.can_mint() {
-        match auth.mint("dbguard-serve", "db:read db:admin", Duration::from_secs(3600)) {
+    if profile == Profile::Development && state.auth().can_mint() {
+        match state.auth().mint("dbguard-serve", "db:read db:admin", Duration::from_secs(3600)) {
             Ok(token) => {
-                if auth.is_generated() {
+                if state.auth().is_generated() {
                     println!("JWT secret: generated for this run (set JWT_SECRET to keep tokens across restarts)");
                 }
                 println!("admin token (db:read db:admin, valid 1h):");
@@ -157,7 +162,6 @@ async fn serve(config: DbConfig, bind: Option<String>) -> ExitCode {
         println!("mint a token with: dbguard token --scope \"db:read\" --ttl 1h");
     }
     tracing::info!(%address, "serving");
-    let state = AppState::new(manager.clone(), auth);
     let result = api::serve(listener, state, shutdown_signal()).await;
     tracing::info!("stopped accepting; in-flight requests done; closing the pools");
     manager.drain(DRAIN_TIMEOUT).await;
@@ -173,6 +177,32 @@ async fn serve(config: DbConfig, bind: Option<String>) -> ExitCode {
             ExitCode::from(EXIT_UNAVAILABLE)
         }
     }
+}
+
+/// Starts the plugin runtime on DBGUARD_PLUGIN_DIR, if set, and serves `/api/plugins` from it.
+/// Refused plugin files are logged and skipped; only an engine that cannot start is fatal.
+#[cfg(feature = "plugins")]
+async fn attach_plugins(state: AppState, manager: &DbManager, dir: Option<String>) -> Result<AppState, ExitCode> {
+    let Some(dir) = dir else { return Ok(state) };
+    match dbguard::plugins::PluginRuntime::start(manager.clone(), &dir).await {
+        Ok(runtime) => {
+            println!("plugins: {} loaded from {dir} (watching for changes)", runtime.plugins().len());
+            Ok(state.with_plugins(std::sync::Arc::new(runtime)))
+        }
+        Err(err) => {
+            eprintln!("dbguard: cannot start the plugin runtime: {err}");
+            Err(ExitCode::from(EXIT_UNAVAILABLE))
+        }
+    }
+}
+
+/// Without the `plugins` feature DBGUARD_PLUGIN_DIR is ignored, loudly.
+#[cfg(not(feature = "plugins"))]
+async fn attach_plugins(state: AppState, _manager: &DbManager, dir: Option<String>) -> Result<AppState, ExitCode> {
+    if dir.is_some() {
+        tracing::warn!("DBGUARD_PLUGIN_DIR is set but this build has no plugin support (cargo feature `plugins`)");
+    }
+    Ok(state)
 }
 
 fn target_line(info: &dbguard_core::ConnectionInfo) -> String {

@@ -29,6 +29,8 @@ pub mod env;
 mod error;
 mod health;
 mod manager;
+#[cfg(feature = "plugins")]
+pub mod plugins;
 pub mod pool;
 pub mod readonly;
 mod retry_helper;

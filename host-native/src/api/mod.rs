@@ -8,6 +8,8 @@
 //! | `GET /api/database/status` | `db:read` |
 //! | `POST /api/database/test` | `db:admin` |
 //! | `POST /api/database/reconnect` | `db:admin` |
+//! | `GET /api/plugins` | `db:read` |
+//! | `POST /api/plugins/reload` | `db:admin` |
 //! | `GET /livez`, `GET /readyz`, `GET /api/openapi.json` | none |
 //! | `GET /metrics` | `db:read` when `DBGUARD_METRICS_AUTH=true` |
 //!
@@ -30,6 +32,7 @@
 
 mod error;
 pub mod openapi;
+mod plugins;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -52,6 +55,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use error::{ApiError, ApiJson, ApiQuery};
+pub use plugins::{PluginControl, PluginReload, RefusedPlugin};
 
 use crate::DbManager;
 use crate::auth::{AuthFailure, Authenticator, Principal, Scope};
@@ -95,6 +99,8 @@ struct StateInner {
     request_timeout: Duration,
     /// The last health report served and its serialized envelope, keyed by the report's `Arc`.
     health_body: ArcSwapOption<(Arc<HealthReport>, Bytes)>,
+    /// The plugin runtime behind `/api/plugins`, if plugins are enabled.
+    plugins: OnceLock<Arc<dyn PluginControl>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -127,8 +133,22 @@ impl AppState {
                 metrics_auth,
                 request_timeout,
                 health_body: ArcSwapOption::empty(),
+                plugins: OnceLock::new(),
             }),
         }
+    }
+
+    /// Serves `/api/plugins` from `control` (a `dbguard::plugins::PluginRuntime`). Without it
+    /// the plugin list is empty and reloads answer 409. The first runtime given stays.
+    pub fn with_plugins(self, control: Arc<dyn PluginControl>) -> Self {
+        if self.inner.plugins.set(control).is_err() {
+            tracing::warn!("a plugin runtime is already attached to the API; keeping the first");
+        }
+        self
+    }
+
+    fn plugin_control(&self) -> Option<&Arc<dyn PluginControl>> {
+        self.inner.plugins.get()
     }
 
     /// The database manager.
@@ -346,6 +366,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/database/status", get(status))
         .route("/api/database/test", post(test_query))
         .route("/api/database/reconnect", post(reconnect))
+        .route("/api/plugins", get(plugins::list))
+        .route("/api/plugins/reload", post(plugins::reload))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))

@@ -2,11 +2,11 @@
 //! `schemas/*.schema.json` (OpenAPI 3.1 uses JSON Schema 2020-12 directly).
 
 use dbguard_core::api::{DatabaseStatus, ErrorBody, SuccessEnvelope};
-use dbguard_core::{ConnectionInfo, HealthReport};
+use dbguard_core::{ConnectionInfo, HealthReport, PluginStatus};
 use schemars::generate::SchemaSettings;
 use serde_json::{Value, json};
 
-use super::{LiveStatus, ReadyStatus};
+use super::{LiveStatus, PluginReload, ReadyStatus};
 use crate::readonly::{QueryRequest, QueryResult};
 
 /// The document served at `GET /api/openapi.json` and written to `schemas/openapi.json`.
@@ -21,6 +21,8 @@ pub fn document() -> Value {
     let test_response = generator.subschema_for::<SuccessEnvelope<QueryResult>>().to_value();
     let live = generator.subschema_for::<SuccessEnvelope<LiveStatus>>().to_value();
     let ready = generator.subschema_for::<SuccessEnvelope<ReadyStatus>>().to_value();
+    let plugins = generator.subschema_for::<SuccessEnvelope<Vec<PluginStatus>>>().to_value();
+    let plugin_reload = generator.subschema_for::<SuccessEnvelope<PluginReload>>().to_value();
     let error = generator.subschema_for::<ErrorBody>().to_value();
     let schemas = Value::Object(generator.take_definitions(true));
 
@@ -98,6 +100,21 @@ pub fn document() -> Value {
                 "responses": auth_errors(json!({
                     "200": json_body(&health, "rebuilt; healthy or degraded"),
                     "503": json_body(&health, "rebuilt but unhealthy, or the rebuild failed (error body)")
+                }))
+            }},
+            "/api/plugins": { "get": {
+                "operationId": "listPlugins",
+                "summary": "Loaded WebAssembly plugins: name, world, version, content hash, loaded at, calls, faults, state (empty without DBGUARD_PLUGIN_DIR)",
+                "security": secured_read,
+                "responses": auth_errors(json!({ "200": json_body(&plugins, "the loaded plugins") }))
+            }},
+            "/api/plugins/reload": { "post": {
+                "operationId": "reloadPlugins",
+                "summary": "Re-read DBGUARD_PLUGIN_DIR and re-verify every plugin (lifts quarantines); refused files leave their previous version active",
+                "security": secured_admin,
+                "responses": auth_errors(json!({
+                    "200": json_body(&plugin_reload, "what is loaded and what was refused"),
+                    "409": err("plugins are not enabled (DBGUARD_PLUGIN_DIR unset)")
                 }))
             }},
             "/livez": { "get": {

@@ -1,4 +1,4 @@
-//! The `dbguard` command line: `serve`, `check`, `info`, `schemas`, `token`.
+//! The `dbguard` command line: `serve`, `check`, `info`, `schemas`, `token`, `wasi run`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use dbguard::api::{self, AppState};
 use dbguard::auth::{Authenticator, parse_ttl};
-use dbguard::{DbManager, env};
+use dbguard::{DbManager, env, wasi_run};
 use dbguard_core::{DbConfig, Profile};
 
 /// EX_CONFIG (sysexits.h): the configuration is invalid.
@@ -68,6 +68,35 @@ enum Command {
         #[arg(long, default_value = "cli")]
         subject: String,
     },
+    /// Run WebAssembly (WASI) modules such as dbguard-wasi.wasm.
+    Wasi {
+        #[command(subcommand)]
+        command: WasiCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WasiCommand {
+    /// Run a WASI preview 1 command with only the database's directory preopened, read-only
+    /// unless --writable; exits with the module's exit code.
+    ///
+    /// DATABASE_URL and the DBGUARD_ENV / DB_* settings (from the environment and .env) are
+    /// passed in, the URL rewritten to the database's path inside the sandbox (/db/…).
+    Run {
+        /// The module (.wasm).
+        file: PathBuf,
+        /// The directory to preopen (default: the directory of DATABASE_URL's file).
+        #[arg(long)]
+        db_dir: Option<PathBuf>,
+        /// Preopen the directory read-write. dbguard-wasi needs it even to read: SQLite's WASI
+        /// build locks with a `<database>.lock` directory; the module itself opens the
+        /// database read-only.
+        #[arg(long)]
+        writable: bool,
+        /// Arguments for the module, after `--` (e.g. `-- check`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 impl Cli {
@@ -76,6 +105,7 @@ impl Cli {
         let cli = Self::parse();
         match cli.command {
             Command::Schemas { out } => schemas(&out),
+            Command::Wasi { command } => wasi(command),
             command => {
                 let config = match env::load_config() {
                     Ok(config) => config,
@@ -101,6 +131,7 @@ impl Cli {
                         Command::Info => info(&config),
                         Command::Token { scope, ttl, subject } => token(&config, &scope, &ttl, &subject),
                         Command::Schemas { .. } => ExitCode::SUCCESS,
+                        Command::Wasi { .. } => ExitCode::SUCCESS,
                     }
                 })
             }
@@ -335,4 +366,21 @@ fn schemas(out: &std::path::Path) -> ExitCode {
         println!("wrote {}", path.display());
     }
     ExitCode::SUCCESS
+}
+
+/// `dbguard wasi run`: needs no database connection and no runtime, only the variables to pass.
+fn wasi(command: WasiCommand) -> ExitCode {
+    let WasiCommand::Run { file, db_dir, writable, args } = command;
+    // .env as for the other commands; having none is fine.
+    let _ = dotenvy::dotenv();
+    let env = wasi_run::forwarded_env(std::env::vars());
+    let options = wasi_run::WasiRunOptions { db_dir, writable, env, ..wasi_run::WasiRunOptions::default() };
+    match wasi_run::run_wasi_module(&file, &args, options) {
+        // An exit status beyond 0..=255 cannot be passed on as it is; it still means failure.
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(err) => {
+            eprintln!("dbguard: {err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
 }

@@ -38,6 +38,7 @@ mod runner;
 mod secrets;
 pub mod stats;
 mod transaction;
+pub mod wasi_run;
 
 pub use classify::{Classified, classify_db_err, classify_sqlx};
 pub use dbguard_core::{ErrorClass, HealthReport, HealthStatus, Idempotency};

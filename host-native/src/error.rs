@@ -25,8 +25,10 @@ pub struct DbError {
 }
 
 impl DbError {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn from_db_err(
         err: DbErr,
+        cause: Option<String>,
         class: ErrorClass,
         code: Option<String>,
         retries: u32,
@@ -34,7 +36,8 @@ impl DbError {
         reason: Option<GiveUpReason>,
         redactor: &Redactor,
     ) -> Self {
-        let detail = redactor.scrub(&err.to_string());
+        // `cause` is the real reason found behind a pool timeout, already scrubbed.
+        let detail = cause.unwrap_or_else(|| redactor.scrub(&err.to_string()));
         let message = match &reason {
             Some(reason) if retries > 0 => format!("{class}: {detail} ({reason})"),
             _ => format!("{class}: {detail}"),

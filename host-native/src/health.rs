@@ -288,11 +288,13 @@ async fn timed<T>(
     }
 }
 
-fn failed_round_trip(outcome: Result<DbErr, ()>, inner: &Inner) -> (RoundTrip, Failure) {
+async fn failed_round_trip(outcome: Result<DbErr, ()>, inner: &Inner) -> (RoundTrip, Failure) {
     match outcome {
         Ok(err) => {
-            let class = classify_db_err(&err).class;
-            (RoundTrip::Failed(format!("{class}: {}", inner.redactor.scrub(&err.to_string()))), Some(class))
+            let (classified, cause) = inner.explain_pool_timeout(classify_db_err(&err)).await;
+            let class = classified.class;
+            let detail = cause.unwrap_or_else(|| inner.redactor.scrub(&err.to_string()));
+            (RoundTrip::Failed(format!("{class}: {detail}")), Some(class))
         }
         Err(()) => (RoundTrip::TimedOut, Some(dbguard_core::ErrorClass::Timeout)),
     }
@@ -309,7 +311,7 @@ async fn observe_postgres(
     let elapsed = match round_trip {
         Ok((_, elapsed)) => elapsed,
         Err(outcome) => {
-            let (round_trip, failure) = failed_round_trip(outcome, inner);
+            let (round_trip, failure) = failed_round_trip(outcome, inner).await;
             return (None, PostgresObservations { round_trip, in_recovery: None, read_only: None }, failure);
         }
     };
@@ -337,7 +339,7 @@ async fn observe_sqlite(
     let elapsed = match round_trip {
         Ok((_, elapsed)) => elapsed,
         Err(outcome) => {
-            let (round_trip, failure) = failed_round_trip(outcome, inner);
+            let (round_trip, failure) = failed_round_trip(outcome, inner).await;
             let observed = SqliteObservations { round_trip, journal_mode: None, quick_check: None, size_bytes: None };
             return (None, observed, failure);
         }

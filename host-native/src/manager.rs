@@ -11,7 +11,7 @@ use dbguard_core::{
 };
 use sea_orm::DatabaseConnection;
 
-use crate::classify::{classify_db_err, classify_sqlx};
+use crate::classify::{Classified, classify_db_err, classify_sqlx};
 use crate::clock::Clock;
 use crate::health::HealthState;
 use crate::pool;
@@ -139,6 +139,36 @@ impl Inner {
         if before != after {
             record_breaker_state(after);
             tracing::warn!(from = ?before, to = ?after, class = class.as_str(), "circuit breaker changed state");
+        }
+    }
+}
+
+impl Inner {
+    /// A pool that cannot open a connection reports only "timed out waiting for a connection",
+    /// which reads like the application's own concurrency. When the pool has no connection
+    /// open at all, one direct connect finds the real cause (refused, 53300, auth, …). A pool
+    /// whose connections are all busy is genuinely exhausted and is left as it is.
+    pub(crate) async fn explain_pool_timeout(&self, classified: Classified) -> (Classified, Option<String>) {
+        if classified.class != ErrorClass::PoolExhausted {
+            return (classified, None);
+        }
+        let status = pool::status(&self.pool.load().db, &self.config);
+        if status.checked_in + status.checked_out > 0 {
+            return (classified, None);
+        }
+        match pool::verify_reachable(&self.config).await {
+            Ok(()) => (classified, None),
+            Err(err) => {
+                let mut real = classify_sqlx(&err);
+                if real.class == ErrorClass::PoolExhausted {
+                    // The direct connect itself timed out: the server does not answer.
+                    real.class = ErrorClass::Timeout;
+                    let cause = format!("connecting timed out after {} ms", self.config.pool.timeout.as_millis());
+                    return (real, Some(cause));
+                }
+                let cause = self.redactor.scrub(&err.to_string());
+                (real, Some(cause))
+            }
         }
     }
 }

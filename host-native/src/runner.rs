@@ -225,6 +225,7 @@ impl DbManager {
         idempotency: Idempotency,
         started: tokio::time::Instant,
     ) -> Result<(), DbError> {
+        let (classified, cause) = self.inner.explain_pool_timeout(classified).await;
         let now = self.inner.clock.now();
         let class = classified.class;
         self.inner.stats.on_failed_attempt(class);
@@ -247,6 +248,7 @@ impl DbManager {
                 let surfaced = surfaced_class(class, idempotency, &reason);
                 let error = DbError::from_db_err(
                     err,
+                    cause,
                     surfaced,
                     classified.code,
                     state.retries(),

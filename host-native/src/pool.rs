@@ -10,10 +10,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use dbguard_core::{DatabaseType, DbConfig, PoolStatus, SslMode};
+use dbguard_core::{DatabaseType, DbConfig, ErrorClass, PoolStatus, SslMode, TargetSessionAttrs};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 use sqlx::postgres::PgSslMode;
 use sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+
+use crate::classify::{Classified, classify_sqlx};
 
 /// Connections idle longer than this are validated before use.
 pub const VALIDATE_IF_IDLE_FOR: Duration = Duration::from_millis(500);
@@ -27,10 +29,16 @@ pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The `application_name` dbguard's PostgreSQL sessions carry.
 pub const APPLICATION_NAME: &str = "dbguard";
 
-/// SeaORM connect options for `config`. `lazy` pools open connections on first use, so a
-/// service can start while its database is down.
+/// SeaORM connect options for `config` (its first server). `lazy` pools open connections on
+/// first use, so a service can start while its database is down.
 pub fn connect_options(config: &DbConfig, lazy: bool) -> ConnectOptions {
-    let mut options = ConnectOptions::new(config.url.expose_secret().to_owned());
+    connect_options_for(config, 0, lazy)
+}
+
+/// SeaORM connect options for the `server`-th host of `config`'s URL. sqlx takes one host per
+/// pool, so a multi-host URL becomes one pool at a time, on the server [`select_server`] chose.
+pub fn connect_options_for(config: &DbConfig, server: usize, lazy: bool) -> ConnectOptions {
+    let mut options = ConnectOptions::new(driver_url(config, server));
     let memory = config.url.is_sqlite_memory();
     options
         .min_connections(if memory { 1 } else { config.pool.size })
@@ -49,8 +57,13 @@ pub fn connect_options(config: &DbConfig, lazy: bool) -> ConnectOptions {
     match config.database_type() {
         DatabaseType::Postgresql => {
             let ssl_mode = pg_ssl_mode(config.ssl_mode);
+            // The server cancels a statement that runs too long (57014, query_canceled) and the
+            // connection stays usable; the runner's attempt deadline is only the backstop.
+            let statement_timeout_ms = config.pool.statement_timeout.as_millis();
             options.set_application_name(APPLICATION_NAME);
-            options.map_sqlx_postgres_opts(move |pg| pg.ssl_mode(ssl_mode));
+            options.map_sqlx_postgres_opts(move |pg| {
+                pg.ssl_mode(ssl_mode).options([("statement_timeout", statement_timeout_ms)])
+            });
         }
         DatabaseType::Sqlite => {
             options.map_sqlx_sqlite_opts(move |sqlite| {
@@ -90,12 +103,31 @@ pub fn prepare_sqlite_file(config: &DbConfig) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Opens one connection outside any pool and closes it again, so a failure reports its real
-/// cause (connection refused, authentication failed, …) instead of the pool's "timed out
-/// while waiting for an open connection".
-pub async fn verify_reachable(config: &DbConfig) -> Result<(), sqlx::Error> {
+/// The URL the driver gets for the `server`-th host (the URL as configured for SQLite).
+fn driver_url(config: &DbConfig, server: usize) -> String {
+    config.url.server_url(server).unwrap_or_else(|| config.url.expose_secret().to_owned())
+}
+
+/// `host:port` of the `server`-th host, for logs and errors (never a password).
+pub fn server_label(config: &DbConfig, server: usize) -> String {
+    match config.url.hosts().get(server) {
+        Some(host) => format!("{}:{}", host.host, host.port.unwrap_or(5432)),
+        None => config.connection_info().database.unwrap_or_default(),
+    }
+}
+
+/// Opens one connection to the `server`-th host outside any pool and closes it again, so a
+/// failure reports its real cause (connection refused, authentication failed, …) instead of
+/// the pool's "timed out while waiting for an open connection".
+pub async fn verify_reachable(config: &DbConfig, server: usize) -> Result<(), sqlx::Error> {
+    probe_server(config, server, TargetSessionAttrs::Any).await.map(|_| ())
+}
+
+/// Connects to the `server`-th host and answers whether it is what `wanted` asks for: any
+/// server that answers, one whose sessions accept writes, or one not in recovery.
+async fn probe_server(config: &DbConfig, server: usize, wanted: TargetSessionAttrs) -> Result<bool, sqlx::Error> {
     use sqlx::{ConnectOptions as _, Connection as _};
-    let url = config.url.expose_secret();
+    let url = driver_url(config, server);
     let attempt = async {
         match config.database_type() {
             DatabaseType::Postgresql => {
@@ -104,15 +136,27 @@ pub async fn verify_reachable(config: &DbConfig) -> Result<(), sqlx::Error> {
                     .ssl_mode(pg_ssl_mode(config.ssl_mode))
                     .application_name(APPLICATION_NAME)
                     .disable_statement_logging();
-                options.connect().await?.close().await
+                let mut conn = options.connect().await?;
+                let suitable = match wanted {
+                    TargetSessionAttrs::Any => true,
+                    TargetSessionAttrs::ReadWrite => {
+                        sqlx::query_scalar::<_, String>("SHOW transaction_read_only").fetch_one(&mut conn).await?
+                            == "off"
+                    }
+                    TargetSessionAttrs::Primary => {
+                        !sqlx::query_scalar::<_, bool>("SELECT pg_is_in_recovery()").fetch_one(&mut conn).await?
+                    }
+                };
+                conn.close().await?;
+                Ok(suitable)
             }
-            DatabaseType::Sqlite if config.url.is_sqlite_memory() => Ok(()),
+            DatabaseType::Sqlite if config.url.is_sqlite_memory() => Ok(true),
             DatabaseType::Sqlite => {
                 let options = url
                     .parse::<sqlx::sqlite::SqliteConnectOptions>()?
                     .create_if_missing(true)
                     .disable_statement_logging();
-                options.connect().await?.close().await
+                options.connect().await?.close().await.map(|()| true)
             }
         }
     };
@@ -122,9 +166,49 @@ pub async fn verify_reachable(config: &DbConfig) -> Result<(), sqlx::Error> {
     }
 }
 
-/// Opens the pool.
-pub async fn open(config: &DbConfig, lazy: bool) -> Result<DatabaseConnection, DbErr> {
-    Database::connect(connect_options(config, lazy)).await
+/// Why no server of the URL could be pooled against: the class to act on and what each server
+/// answered (scrub it before showing: driver messages may quote the URL).
+#[derive(Debug, Clone)]
+pub struct NoServer {
+    /// Read-only when a server answered but refused writes, else the last server's failure.
+    pub classified: Classified,
+    /// `host:port: cause` for every server tried.
+    pub cause: String,
+}
+
+/// Chooses the server to pool against: the first host of the URL, in order, that accepts a
+/// connection and is what the URL's `target_session_attrs` asks for (libpq's rule). A URL with
+/// one host and no `target_session_attrs` only proves that the server answers.
+pub async fn select_server(config: &DbConfig) -> Result<usize, NoServer> {
+    let wanted = config.url.target_session_attrs();
+    let servers = config.url.hosts().len().max(1);
+    let mut answers = Vec::with_capacity(servers);
+    let mut refused_writes = false;
+    let mut last_failure = Classified::of(ErrorClass::Unknown);
+    for server in 0..servers {
+        match probe_server(config, server, wanted).await {
+            Ok(true) => return Ok(server),
+            Ok(false) => {
+                refused_writes = true;
+                answers.push(format!("{}: not {}", server_label(config, server), wanted.as_str()));
+            }
+            Err(err) => {
+                last_failure = classify_sqlx(&err);
+                answers.push(if servers == 1 {
+                    err.to_string()
+                } else {
+                    format!("{}: {err}", server_label(config, server))
+                });
+            }
+        }
+    }
+    let classified = if refused_writes { Classified::of(ErrorClass::ReadOnlyServer) } else { last_failure };
+    Err(NoServer { classified, cause: answers.join("; ") })
+}
+
+/// Opens the pool on the `server`-th host.
+pub async fn open(config: &DbConfig, server: usize, lazy: bool) -> Result<DatabaseConnection, DbErr> {
+    Database::connect(connect_options_for(config, server, lazy)).await
 }
 
 /// The pool's occupancy in SQLAlchemy's terms.

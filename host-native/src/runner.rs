@@ -28,6 +28,14 @@ pub trait RetryAdvisor: Send + Sync {
 /// The boxed future a transaction body returns.
 pub type TxnFuture<'c, T> = Pin<Box<dyn Future<Output = Result<T, DbErr>> + Send + 'c>>;
 
+/// A database step that failed: with the database's own error, or abandoned at the deadline.
+enum StepError {
+    /// The database (or the driver) answered with an error.
+    Failed(DbErr),
+    /// No answer came before the attempt deadline.
+    TimedOut(DbErr),
+}
+
 enum Failure {
     /// Nothing reached the database because a reconnect closed the pool: go again at once.
     RaceWithReconnect,
@@ -79,17 +87,18 @@ impl DbManager {
                 continue;
             }
             let slot = self.pool_slot();
-            let failure = match op(slot.db.clone()).await {
+            let failure = match self.within_deadline(op(slot.db.clone())).await {
                 Ok(value) => {
                     self.on_call_success(started);
                     return Ok(value);
                 }
-                Err(err) => self.classify_failure(err, slot.generation),
+                Err(StepError::Failed(err)) => self.classify_failure(err, slot.generation),
+                Err(StepError::TimedOut(err)) => Failure::Attempt(err, Classified::timeout()),
             };
             match failure {
                 Failure::RaceWithReconnect => continue,
                 Failure::Attempt(err, classified) => {
-                    self.after_failure(&mut state, err, classified, idempotency, started).await?;
+                    self.after_failure(&mut state, err, classified, idempotency, started, slot.generation).await?;
                 }
             }
         }
@@ -133,17 +142,24 @@ impl DbManager {
                 continue;
             }
             let slot = self.pool_slot();
-            let outcome = match slot.db.begin_with_options(options.to_sea_orm()).await {
-                Err(err) => Err(self.classify_failure(err, slot.generation)),
-                Ok(txn) => match body(&txn).await {
-                    Err(err) => {
+            let outcome = match self.within_deadline(slot.db.begin_with_options(options.to_sea_orm())).await {
+                Err(StepError::Failed(err)) => Err(self.classify_failure(err, slot.generation)),
+                Err(StepError::TimedOut(err)) => Err(Failure::Attempt(err, Classified::timeout())),
+                Ok(txn) => match self.within_deadline(body(&txn)).await {
+                    Err(StepError::Failed(err)) => {
                         // A failed rollback means the connection is gone; the server rolls back.
                         let _ = txn.rollback().await;
                         Err(self.classify_failure(err, slot.generation))
                     }
-                    Ok(value) => match txn.commit().await {
+                    // Dropping an unanswered transaction rolls it back once the server answers.
+                    Err(StepError::TimedOut(err)) => Err(Failure::Attempt(err, Classified::timeout())),
+                    Ok(value) => match self.within_deadline(txn.commit()).await {
                         Ok(()) => Ok(value),
-                        Err(err) => Err(self.classify_commit_failure(err)),
+                        Err(StepError::Failed(err)) => Err(self.classify_commit_failure(err)),
+                        // COMMIT was sent and nothing came back: it may have applied.
+                        Err(StepError::TimedOut(err)) => {
+                            Err(Failure::Attempt(err, Classified::of(ErrorClass::CommitOutcomeUnknown)))
+                        }
                     },
                 },
             };
@@ -154,9 +170,25 @@ impl DbManager {
                 }
                 Err(Failure::RaceWithReconnect) => continue,
                 Err(Failure::Attempt(err, classified)) => {
-                    self.after_failure(&mut state, err, classified, Idempotency::Idempotent, started).await?;
+                    let idempotency = Idempotency::Idempotent;
+                    self.after_failure(&mut state, err, classified, idempotency, started, slot.generation).await?;
                 }
             }
+        }
+    }
+
+    /// Awaits one database step of an attempt, giving it up once the attempt deadline passes
+    /// ([`PoolConfig::attempt_deadline`](dbguard_core::PoolConfig::attempt_deadline)): the
+    /// server cancels a long statement itself, so this fires only when no answer can come (a
+    /// network partition), and the caller gets a timeout instead of a hang.
+    async fn within_deadline<T>(&self, step: impl Future<Output = Result<T, DbErr>>) -> Result<T, StepError> {
+        let deadline = self.inner.config.pool.attempt_deadline();
+        match tokio::time::timeout(deadline, step).await {
+            Ok(result) => result.map_err(StepError::Failed),
+            Err(_) => Err(StepError::TimedOut(DbErr::Custom(format!(
+                "no answer from the database within {} ms; the attempt was abandoned",
+                deadline.as_millis()
+            )))),
         }
     }
 
@@ -215,8 +247,9 @@ impl DbManager {
         Failure::Attempt(err, classified)
     }
 
-    /// Records a failed attempt, asks the policy, and either sleeps until the retry or returns
-    /// the error to surface.
+    /// Records a failed attempt on pool `generation`, asks the policy, and either sleeps until
+    /// the retry or returns the error to surface. A failure that suggests the server is gone
+    /// or read-only first makes a multi-host manager choose its server again.
     async fn after_failure(
         &self,
         state: &mut RetryState<SeededRng>,
@@ -224,12 +257,17 @@ impl DbManager {
         classified: Classified,
         idempotency: Idempotency,
         started: tokio::time::Instant,
+        generation: u64,
     ) -> Result<(), DbError> {
         let (classified, cause) = self.inner.explain_pool_timeout(classified).await;
+        self.fail_over(classified.class, generation).await;
         let now = self.inner.clock.now();
         let class = classified.class;
         self.inner.stats.on_failed_attempt(class);
-        self.inner.on_attempt_failure(now, class);
+        // A failure on a pool that a rebuild has since replaced says nothing about the new one.
+        if generation == self.inner.generation() {
+            self.inner.on_attempt_failure(now, class);
+        }
         let decision = self.decide(state, now, &classified);
         match decision {
             Decision::RetryAt(deadline) => {

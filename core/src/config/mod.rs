@@ -16,7 +16,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use error::ConfigError;
-pub use url::{DatabaseType, DatabaseUrl, HostPort, redact};
+pub use url::{DatabaseType, DatabaseUrl, HostPort, TargetSessionAttrs, redact};
 
 use crate::health::ProbeThresholds;
 use crate::retry::{BreakerConfig, Jitter, RetryPolicy};
@@ -38,6 +38,8 @@ pub mod vars {
     pub const DB_POOL_TIMEOUT: &str = "DB_POOL_TIMEOUT";
     /// Maximum connection lifetime.
     pub const DB_POOL_RECYCLE: &str = "DB_POOL_RECYCLE";
+    /// Longest a statement may run (server-side `statement_timeout`, client-side backstop).
+    pub const DB_STATEMENT_TIMEOUT: &str = "DB_STATEMENT_TIMEOUT";
     /// Background probe period.
     pub const DB_HEALTH_CHECK_INTERVAL: &str = "DB_HEALTH_CHECK_INTERVAL";
     /// How long a probed report is served from cache (defaults to the interval).
@@ -89,6 +91,7 @@ pub mod vars {
         DB_MAX_OVERFLOW,
         DB_POOL_TIMEOUT,
         DB_POOL_RECYCLE,
+        DB_STATEMENT_TIMEOUT,
         DB_HEALTH_CHECK_INTERVAL,
         DB_HEALTH_CACHE_TTL,
         DB_HEALTH_TIMEOUT,
@@ -198,12 +201,27 @@ pub struct PoolConfig {
     #[schemars(with = "u64")]
     #[serde(serialize_with = "crate::serde_util::duration_ms", rename = "recycle_ms")]
     pub recycle: Duration,
+    /// Longest one statement may run: PostgreSQL cancels it on the server
+    /// (`statement_timeout`), and a host abandons an attempt that has had no answer by
+    /// [`PoolConfig::attempt_deadline`] (a partition, where the server's cancel cannot arrive).
+    #[schemars(with = "u64")]
+    #[serde(serialize_with = "crate::serde_util::duration_ms", rename = "statement_timeout_ms")]
+    pub statement_timeout: Duration,
 }
 
 impl PoolConfig {
     /// `size + max_overflow`: the most connections the pool opens.
     pub fn max_connections(&self) -> u32 {
         self.size.saturating_add(self.max_overflow)
+    }
+
+    /// How long a host lets one attempt of a guarded call wait for any answer before giving it
+    /// up as a timeout: the longer of the acquire timeout and the statement timeout (so that
+    /// each still fires first, with its own error), plus a tenth of that, at most one second,
+    /// for the server's own cancel to arrive.
+    pub fn attempt_deadline(&self) -> Duration {
+        let longest = self.timeout.max(self.statement_timeout);
+        longest + (longest / 10).min(Duration::from_secs(1))
     }
 }
 
@@ -501,6 +519,7 @@ impl Parser<'_> {
             max_overflow: self.integer(vars::DB_MAX_OVERFLOW, if production { 20 } else { 10 }, 0, 10_000)?,
             timeout: self.duration(vars::DB_POOL_TIMEOUT, 20 * SECOND, MILLISECOND, HOUR)?,
             recycle: self.duration(vars::DB_POOL_RECYCLE, HOUR, SECOND, 7 * DAY)?,
+            statement_timeout: self.duration(vars::DB_STATEMENT_TIMEOUT, 30 * SECOND, MILLISECOND, DAY)?,
         };
 
         let interval = self.duration(

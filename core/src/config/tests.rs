@@ -22,6 +22,8 @@ fn development_defaults() {
     assert_eq!(config.pool.max_overflow, 10);
     assert_eq!(config.pool.timeout, Duration::from_secs(20));
     assert_eq!(config.pool.recycle, Duration::from_secs(3600));
+    assert_eq!(config.pool.statement_timeout, Duration::from_secs(30));
+    assert_eq!(config.pool.attempt_deadline(), Duration::from_secs(31));
     assert_eq!(config.health.interval, Duration::from_secs(300));
     assert_eq!(config.health.cache_ttl, Duration::from_secs(300));
     assert!(config.echo);
@@ -110,6 +112,7 @@ fn overrides_apply() {
         ("DB_MAX_OVERFLOW", "0"),
         ("DB_POOL_TIMEOUT", "500ms"),
         ("DB_POOL_RECYCLE", "30m"),
+        ("DB_STATEMENT_TIMEOUT", "2s"),
         ("DB_HEALTH_CHECK_INTERVAL", "15s"),
         ("DB_HEALTH_CACHE_TTL", "2s"),
         ("DB_HEALTH_TIMEOUT", "750ms"),
@@ -132,6 +135,9 @@ fn overrides_apply() {
     assert_eq!(config.pool.max_connections(), 7);
     assert_eq!(config.pool.timeout, Duration::from_millis(500));
     assert_eq!(config.pool.recycle, Duration::from_secs(1800));
+    assert_eq!(config.pool.statement_timeout, Duration::from_secs(2));
+    // The longer of 500 ms acquire and 2 s statement, plus a tenth.
+    assert_eq!(config.pool.attempt_deadline(), Duration::from_millis(2200));
     assert_eq!(config.health.interval, Duration::from_secs(15));
     assert_eq!(config.health.cache_ttl, Duration::from_secs(2));
     assert_eq!(config.health.thresholds.timeout, Duration::from_millis(750));
@@ -178,6 +184,9 @@ fn every_bad_value_names_its_variable() {
         ("DB_POOL_TIMEOUT", ""),
         ("DB_POOL_RECYCLE", "0"),
         ("DB_POOL_RECYCLE", "1 hour"),
+        ("DB_STATEMENT_TIMEOUT", "0"),
+        ("DB_STATEMENT_TIMEOUT", "2d"),
+        ("DB_STATEMENT_TIMEOUT", "5 s"),
         ("DB_HEALTH_CHECK_INTERVAL", "0"),
         ("DB_HEALTH_CHECK_INTERVAL", "5 m"),
         ("DB_HEALTH_CACHE_TTL", "0ms"),

@@ -41,6 +41,42 @@ pub struct HostPort {
     pub port: Option<u16>,
 }
 
+/// Which server of a multi-host URL a pool may use: the URL's `target_session_attrs`, with
+/// libpq's meaning. libpq's standby-seeking values are not accepted: dbguard pools for writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TargetSessionAttrs {
+    /// The first server that accepts a connection (libpq's default).
+    #[default]
+    Any,
+    /// The first server whose sessions accept writes (`SHOW transaction_read_only` is `off`).
+    ReadWrite,
+    /// The first server that is not in recovery (`pg_is_in_recovery()` is false).
+    Primary,
+}
+
+impl TargetSessionAttrs {
+    /// The URL parameter's spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Any => "any",
+            Self::ReadWrite => "read-write",
+            Self::Primary => "primary",
+        }
+    }
+
+    fn parse(value: &str) -> Result<Self, UrlError> {
+        match value {
+            "any" => Ok(Self::Any),
+            "read-write" => Ok(Self::ReadWrite),
+            "primary" => Ok(Self::Primary),
+            _ => Err(UrlError::Malformed("target_session_attrs must be any, read-write or primary")),
+        }
+    }
+}
+
+/// The URL parameter naming which server of the host list to use.
+const TARGET_SESSION_ATTRS: &str = "target_session_attrs";
+
 /// Why a URL could not be parsed (the caller adds the variable name and redacted value).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum UrlError {
@@ -59,6 +95,7 @@ pub struct DatabaseUrl {
     hosts: Vec<HostPort>,
     database: Option<String>,
     params: Vec<(String, String)>,
+    target_session_attrs: TargetSessionAttrs,
     sqlite_path: Option<String>,
 }
 
@@ -96,6 +133,10 @@ impl DatabaseUrl {
             hosts.push(parse_host_port(part)?);
         }
         let params = parse_params(query)?;
+        let target_session_attrs = match params.iter().find(|(k, _)| k == TARGET_SESSION_ATTRS) {
+            Some((_, value)) => TargetSessionAttrs::parse(value)?,
+            None => TargetSessionAttrs::Any,
+        };
         let database = match path {
             Some(p) if !p.is_empty() => Some(decode(p)?),
             _ => None,
@@ -108,6 +149,7 @@ impl DatabaseUrl {
             hosts,
             database,
             params,
+            target_session_attrs,
             sqlite_path: None,
         })
     }
@@ -128,6 +170,7 @@ impl DatabaseUrl {
             hosts: Vec::new(),
             database: Some(path.clone()),
             params: parse_params(query)?,
+            target_session_attrs: TargetSessionAttrs::Any,
             sqlite_path: Some(path),
         })
     }
@@ -155,6 +198,49 @@ impl DatabaseUrl {
     /// PostgreSQL hosts in order (several for failover); empty for SQLite.
     pub fn hosts(&self) -> &[HostPort] {
         &self.hosts
+    }
+
+    /// Which of the [`hosts`](Self::hosts) a pool may use (`target_session_attrs`).
+    pub fn target_session_attrs(&self) -> TargetSessionAttrs {
+        self.target_session_attrs
+    }
+
+    /// The URL for the `index`-th of the [`hosts`](Self::hosts), for a driver that takes one
+    /// host: the other hosts and `target_session_attrs` are removed, everything else (user,
+    /// password, database, parameters) is kept as written. A URL without a host list (a
+    /// socket given by parameter) answers for index 0 only. `None` for SQLite or an index out
+    /// of range. Contains the password: hand it to a driver, never log it.
+    pub fn server_url(&self, index: usize) -> Option<String> {
+        if self.database_type != DatabaseType::Postgresql {
+            return None;
+        }
+        let (prefix, rest) = self.raw.split_at(self.raw.find("://")? + 3);
+        let (before_query, query) = split_once_or_all(rest, '?');
+        let (authority, path) = split_once_or_all(before_query, '/');
+        let (userinfo, hostlist) = match authority.rfind('@') {
+            Some(at) => authority.split_at(at + 1),
+            None => ("", authority),
+        };
+        let host = match hostlist.split(',').filter(|part| !part.is_empty()).nth(index) {
+            Some(host) => host,
+            None if index == 0 && self.hosts.is_empty() => "",
+            None => return None,
+        };
+        let mut url = format!("{prefix}{userinfo}{host}");
+        if let Some(path) = path {
+            url.push('/');
+            url.push_str(path);
+        }
+        let kept: Vec<&str> = query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter(|pair| !pair.is_empty() && split_once_or_all(pair, '=').0 != TARGET_SESSION_ATTRS)
+            .collect();
+        if !kept.is_empty() {
+            url.push('?');
+            url.push_str(&kept.join("&"));
+        }
+        Some(url)
     }
 
     /// The database name (PostgreSQL) or file path (SQLite).
@@ -303,6 +389,39 @@ mod tests {
         assert_eq!(url.hosts()[1], HostPort { host: "db2".into(), port: None });
         assert_eq!(url.database(), Some("orders"));
         assert_eq!(url.param("sslmode"), Some("require"));
+    }
+
+    #[test]
+    fn one_server_url_per_host() {
+        let url = DatabaseUrl::parse(
+            "postgres://app:p%40ss@a:5433,[::1]:5434,c/orders?sslmode=disable&target_session_attrs=read-write&x=1",
+        )
+        .expect("parses");
+        assert_eq!(url.target_session_attrs(), TargetSessionAttrs::ReadWrite);
+        assert_eq!(url.server_url(0).as_deref(), Some("postgres://app:p%40ss@a:5433/orders?sslmode=disable&x=1"));
+        assert_eq!(url.server_url(1).as_deref(), Some("postgres://app:p%40ss@[::1]:5434/orders?sslmode=disable&x=1"));
+        assert_eq!(url.server_url(2).as_deref(), Some("postgres://app:p%40ss@c/orders?sslmode=disable&x=1"));
+        assert_eq!(url.server_url(3), None);
+
+        let plain = DatabaseUrl::parse("postgresql://h/db").expect("parses");
+        assert_eq!(plain.target_session_attrs(), TargetSessionAttrs::Any);
+        assert_eq!(plain.server_url(0).as_deref(), Some("postgresql://h/db"));
+        let socket = DatabaseUrl::parse("postgres:///db?host=/run/postgresql").expect("parses");
+        assert_eq!(socket.server_url(0).as_deref(), Some("postgres:///db?host=/run/postgresql"));
+        assert_eq!(socket.server_url(1), None);
+        assert_eq!(DatabaseUrl::parse("sqlite://a.db").expect("parses").server_url(0), None);
+    }
+
+    #[test]
+    fn target_session_attrs_values() {
+        for (value, want) in [("any", TargetSessionAttrs::Any), ("primary", TargetSessionAttrs::Primary)] {
+            let url = DatabaseUrl::parse(&format!("postgres://a,b/db?target_session_attrs={value}")).expect("parses");
+            assert_eq!(url.target_session_attrs(), want);
+        }
+        for value in ["standby", "read-only", "prefer-standby", "", "READ-WRITE"] {
+            let raw = format!("postgres://a,b/db?target_session_attrs={value}");
+            assert!(DatabaseUrl::parse(&raw).is_err(), "{value:?} must be refused");
+        }
     }
 
     #[test]

@@ -336,8 +336,8 @@ fn read_only_sandbox_case(module: &Path, dir: &Path, path: &Path, journal_mode: 
     assert_eq!(report["status"], "healthy", "{journal_mode}: {report:#}");
     assert_eq!(listing(), before, "{journal_mode}");
 
-    let query = try_run_guest(module, &["query", "SELECT id FROM items ORDER BY id"], &url, &env, None, false)
-        .expect("runner");
+    let query =
+        try_run_guest(module, &["query", "SELECT id FROM items ORDER BY id"], &url, &env, None, false).expect("runner");
     assert_eq!(query.exit_code, 0, "{journal_mode}: stderr: {}", text(query.stderr.as_ref()));
     assert_eq!(json_line(query.stdout.as_ref())["row_count"], 2, "{journal_mode}");
     assert_eq!(listing(), before, "{journal_mode}");

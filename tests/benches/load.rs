@@ -1,0 +1,702 @@
+//! Closed-loop load against PostgreSQL: dbguard's guarded path next to the pools it is built
+//! on, a peer pool and the raw driver, interleaved in one run.
+//!
+//! Two workloads (`SELECT 1`, and a primary-key read on a table of `DBGUARD_BENCH_ROWS` rows
+//! with a random id) at several concurrencies. For each workload × concurrency every variant
+//! runs in turn, and that round is repeated; each row reports the variant's median round, so
+//! drift on the machine hits all variants alike. Each run opens its own pool (or connections),
+//! warms up, measures, and closes it again, so runs do not share connections and the server's
+//! `max_connections` is never approached.
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `DBGUARD_BENCH_SECONDS` | 1 | measured seconds per run |
+//! | `DBGUARD_BENCH_WARMUP` | 0.3 | unmeasured seconds before each run |
+//! | `DBGUARD_BENCH_ROUNDS` | 3 | rounds per workload × concurrency |
+//! | `DBGUARD_BENCH_TASKS` | 1,4,16,64 | concurrent tasks |
+//! | `DBGUARD_BENCH_POOL` | 16 | pool size of every pooled variant |
+//! | `DBGUARD_BENCH_ROWS` | 10000 | rows in `bench_items` |
+//! | `DBGUARD_BENCH_METRICS` | true | install dbguard's Prometheus recorder, as `dbguard serve` does |
+//! | `DBGUARD_TEST_PG_URL` | postgres://postgres@127.0.0.1:5432/postgres | the server |
+//! | `DBGUARD_PLUGIN_DIR` | unset: build `plugin-wasi/guest` | where `decorrelated_retry.wasm` is |
+//!
+//! `DBGUARD_BENCH_SECONDS=0.2 DBGUARD_BENCH_ROUNDS=1 cargo bench -p dbguard-tests --bench load`
+//! is a smoke run.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use dbguard::plugins::PluginRuntime;
+use dbguard::{DbManager, Idempotency};
+use dbguard_core::DbConfig;
+use dbguard_tests::TestDb;
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement};
+use sqlx::{Connection, PgConnection};
+use support::{Percentiles, Report, Table, XorShift, knob, knob_list, knob_seconds, micros, with_sslmode};
+
+const SELECT_ONE: &str = "SELECT 1";
+const INDEXED_READ: &str = "SELECT id, name FROM bench_items WHERE id = $1";
+
+/// Run phases, shared with the worker tasks through one atomic.
+const WARMUP: u8 = 0;
+const MEASURE: u8 = 1;
+const STOP: u8 = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    SelectOne,
+    IndexedRead,
+}
+
+impl Workload {
+    fn title(self) -> &'static str {
+        match self {
+            Workload::SelectOne => "`SELECT 1`",
+            Workload::IndexedRead => "primary-key read (`SELECT id, name FROM bench_items WHERE id = $1`)",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Workload::SelectOne => "select1",
+            Workload::IndexedRead => "pk-read",
+        }
+    }
+
+    fn sql(self) -> &'static str {
+        match self {
+            Workload::SelectOne => SELECT_ONE,
+            Workload::IndexedRead => INDEXED_READ,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    RawSqlx,
+    Deadpool,
+    SeaOrmDefault,
+    SeaOrmDbguardOptions,
+    DbguardFull,
+    DbguardWasm,
+}
+
+const VARIANTS: [Variant; 6] = [
+    Variant::RawSqlx,
+    Variant::Deadpool,
+    Variant::SeaOrmDefault,
+    Variant::SeaOrmDbguardOptions,
+    Variant::DbguardFull,
+    Variant::DbguardWasm,
+];
+
+impl Variant {
+    fn label(self) -> &'static str {
+        match self {
+            Variant::RawSqlx => "raw sqlx",
+            Variant::Deadpool => "deadpool-postgres",
+            Variant::SeaOrmDefault => "SeaORM default",
+            Variant::SeaOrmDbguardOptions => "SeaORM + dbguard options",
+            Variant::DbguardFull => "dbguard full path",
+            Variant::DbguardWasm => "dbguard + wasm policy",
+        }
+    }
+
+    /// Connections the variant holds at `tasks` concurrent tasks.
+    fn connections(self, tasks: usize, pool: u32) -> usize {
+        match self {
+            Variant::RawSqlx => tasks,
+            _ => pool as usize,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Knobs {
+    seconds: Duration,
+    warmup: Duration,
+    rounds: usize,
+    tasks: Vec<usize>,
+    pool: u32,
+    rows: i64,
+    metrics: bool,
+}
+
+impl Knobs {
+    fn from_env() -> Self {
+        Self {
+            seconds: knob_seconds("DBGUARD_BENCH_SECONDS", 1.0),
+            warmup: knob_seconds("DBGUARD_BENCH_WARMUP", 0.3),
+            rounds: knob("DBGUARD_BENCH_ROUNDS", 3usize).max(1),
+            tasks: knob_list("DBGUARD_BENCH_TASKS", &[1usize, 4, 16, 64]),
+            pool: knob("DBGUARD_BENCH_POOL", 16u32).max(1),
+            rows: knob("DBGUARD_BENCH_ROWS", 10_000i64).max(1),
+            metrics: knob("DBGUARD_BENCH_METRICS", true),
+        }
+    }
+}
+
+/// What every run needs: the database, dbguard's configuration, and the plugin file.
+struct Setup {
+    url: String,
+    config: DbConfig,
+    knobs: Knobs,
+    /// Directory holding `retry.wasm`, or why the wasm row is missing.
+    plugin_dir: Result<tempfile::TempDir, String>,
+}
+
+/// The connections of one run: a pool, or one connection per task.
+enum Target {
+    Raw(Vec<PgConnection>),
+    Deadpool(deadpool_postgres::Pool),
+    SeaOrm(DatabaseConnection),
+    Guarded { manager: DbManager, plugins: Option<PluginRuntime> },
+}
+
+/// What one task calls through.
+enum Worker {
+    Raw(PgConnection),
+    Deadpool(deadpool_postgres::Pool),
+    SeaOrm(DatabaseConnection),
+    Guarded(DbManager),
+}
+
+impl Worker {
+    async fn call(&mut self, workload: Workload, id: i64) -> Result<(), String> {
+        match self {
+            Worker::Raw(conn) => {
+                let query = match workload {
+                    Workload::SelectOne => sqlx::query(SELECT_ONE),
+                    Workload::IndexedRead => sqlx::query(INDEXED_READ).bind(id),
+                };
+                query.fetch_one(&mut *conn).await.map(drop).map_err(|e| e.to_string())
+            }
+            Worker::Deadpool(pool) => {
+                let client = pool.get().await.map_err(|e| e.to_string())?;
+                let statement = client.prepare_cached(workload.sql()).await.map_err(|e| e.to_string())?;
+                let row = match workload {
+                    Workload::SelectOne => client.query_one(&statement, &[]).await,
+                    Workload::IndexedRead => client.query_one(&statement, &[&id]).await,
+                };
+                row.map(drop).map_err(|e| e.to_string())
+            }
+            Worker::SeaOrm(db) => sea_orm_call(db, workload, id).await.map_err(|e| e.to_string()),
+            Worker::Guarded(manager) => manager
+                .run(Idempotency::Idempotent, move |db| async move { sea_orm_call(&db, workload, id).await })
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// The statement through SeaORM's raw-query API; a missing row is an error (it proves the
+/// read did real work).
+async fn sea_orm_call(db: &DatabaseConnection, workload: Workload, id: i64) -> Result<(), DbErr> {
+    let statement = match workload {
+        Workload::SelectOne => Statement::from_string(DbBackend::Postgres, SELECT_ONE),
+        Workload::IndexedRead => Statement::from_sql_and_values(DbBackend::Postgres, INDEXED_READ, [id.into()]),
+    };
+    match db.query_one_raw(statement).await? {
+        Some(_) => Ok(()),
+        None => Err(DbErr::RecordNotFound(format!("no row for id {id}"))),
+    }
+}
+
+impl Target {
+    async fn open(variant: Variant, tasks: usize, setup: &Setup) -> Result<Self, String> {
+        let pool = setup.knobs.pool;
+        match variant {
+            Variant::RawSqlx => {
+                let mut conns = Vec::with_capacity(tasks);
+                for _ in 0..tasks {
+                    conns.push(PgConnection::connect(&setup.url).await.map_err(|e| e.to_string())?);
+                }
+                Ok(Target::Raw(conns))
+            }
+            Variant::Deadpool => {
+                let pg: tokio_postgres::Config = setup.url.parse().map_err(|e: tokio_postgres::Error| e.to_string())?;
+                let manager = deadpool_postgres::Manager::from_config(
+                    pg,
+                    tokio_postgres::NoTls,
+                    deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast },
+                );
+                let pool = deadpool_postgres::Pool::builder(manager)
+                    .max_size(pool as usize)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                Ok(Target::Deadpool(pool))
+            }
+            Variant::SeaOrmDefault => {
+                let mut options = ConnectOptions::new(setup.url.clone());
+                options.max_connections(pool);
+                Database::connect(options).await.map(Target::SeaOrm).map_err(|e| e.to_string())
+            }
+            Variant::SeaOrmDbguardOptions => {
+                let options = dbguard::pool::connect_options(&setup.config, false);
+                Database::connect(options).await.map(Target::SeaOrm).map_err(|e| e.to_string())
+            }
+            Variant::DbguardFull => {
+                let manager = DbManager::connect(setup.config.clone()).await.map_err(|e| e.to_string())?;
+                Ok(Target::Guarded { manager, plugins: None })
+            }
+            Variant::DbguardWasm => {
+                let dir = setup.plugin_dir.as_ref().map_err(Clone::clone)?;
+                let manager = DbManager::connect(setup.config.clone()).await.map_err(|e| e.to_string())?;
+                let plugins = PluginRuntime::start(manager.clone(), dir.path()).await.map_err(|e| e.to_string())?;
+                let active = plugins.plugins().iter().any(|p| p.world == "retry-policy");
+                if !active {
+                    manager.close().await;
+                    return Err(format!("the retry policy did not load: {:?}", plugins.refused()));
+                }
+                Ok(Target::Guarded { manager, plugins: Some(plugins) })
+            }
+        }
+    }
+
+    fn workers(&mut self, tasks: usize) -> Vec<Worker> {
+        match self {
+            Target::Raw(conns) => conns.drain(..).map(Worker::Raw).collect(),
+            Target::Deadpool(pool) => (0..tasks).map(|_| Worker::Deadpool(pool.clone())).collect(),
+            Target::SeaOrm(db) => (0..tasks).map(|_| Worker::SeaOrm(db.clone())).collect(),
+            Target::Guarded { manager, .. } => (0..tasks).map(|_| Worker::Guarded(manager.clone())).collect(),
+        }
+    }
+
+    /// Calls the wasm policy answered during the run (it is asked only about failures).
+    fn plugin_calls(&self) -> Option<u64> {
+        match self {
+            Target::Guarded { plugins: Some(plugins), .. } => plugins.retry_policy().stats().map(|s| s.calls),
+            _ => None,
+        }
+    }
+
+    async fn close(self, workers: Vec<Worker>) {
+        for worker in workers {
+            if let Worker::Raw(conn) = worker {
+                let _ = conn.close().await;
+            }
+        }
+        match self {
+            Target::Raw(_) => {}
+            Target::Deadpool(pool) => pool.close(),
+            Target::SeaOrm(db) => {
+                let _ = db.close().await;
+            }
+            Target::Guarded { manager, plugins } => {
+                drop(plugins);
+                manager.close().await;
+            }
+        }
+    }
+}
+
+/// One variant's measured run.
+#[derive(Debug, Clone)]
+struct Run {
+    ops_per_sec: f64,
+    latency: Percentiles,
+    errors: u64,
+    first_error: Option<String>,
+    plugin_calls: Option<u64>,
+}
+
+/// What one task saw.
+struct Tally {
+    worker: Worker,
+    nanos: Vec<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+async fn run_once(variant: Variant, workload: Workload, tasks: usize, setup: &Setup) -> Result<Run, String> {
+    let mut target = Target::open(variant, tasks, setup).await?;
+    let phase = Arc::new(AtomicU8::new(WARMUP));
+    let rows = setup.knobs.rows.unsigned_abs();
+    let expected_ops = (setup.knobs.seconds.as_secs_f64() * 200_000.0 / tasks as f64) as usize;
+    let handles: Vec<_> = target
+        .workers(tasks)
+        .into_iter()
+        .enumerate()
+        .map(|(index, mut worker)| {
+            let phase = phase.clone();
+            tokio::spawn(async move {
+                let mut rng = XorShift::new(index as u64 + 1);
+                let mut nanos = Vec::with_capacity(expected_ops.min(4_000_000));
+                let (mut errors, mut first_error) = (0, None);
+                loop {
+                    let now_in = phase.load(Ordering::Relaxed);
+                    if now_in == STOP {
+                        break;
+                    }
+                    let id = i64::try_from(rng.next_u64() % rows + 1).unwrap_or(1);
+                    let started = Instant::now();
+                    let outcome = worker.call(workload, id).await;
+                    let elapsed = started.elapsed();
+                    match outcome {
+                        Ok(()) if now_in == MEASURE => nanos.push(elapsed.as_nanos() as u64),
+                        Ok(()) => {}
+                        Err(err) => {
+                            errors += 1;
+                            first_error.get_or_insert(err);
+                        }
+                    }
+                }
+                Tally { worker, nanos, errors, first_error }
+            })
+        })
+        .collect();
+    tokio::time::sleep(setup.knobs.warmup).await;
+    phase.store(MEASURE, Ordering::Relaxed);
+    let measuring = Instant::now();
+    tokio::time::sleep(setup.knobs.seconds).await;
+    phase.store(STOP, Ordering::Relaxed);
+    let measured = measuring.elapsed();
+
+    let mut nanos = Vec::new();
+    let mut workers = Vec::with_capacity(tasks);
+    let (mut errors, mut first_error) = (0, None);
+    for handle in handles {
+        let tally = handle.await.map_err(|e| format!("a worker task failed: {e}"))?;
+        nanos.extend_from_slice(&tally.nanos);
+        errors += tally.errors;
+        first_error = first_error.or(tally.first_error);
+        workers.push(tally.worker);
+    }
+    let plugin_calls = target.plugin_calls();
+    target.close(workers).await;
+    let ops = nanos.len() as u64;
+    Ok(Run {
+        ops_per_sec: ops as f64 / measured.as_secs_f64(),
+        latency: Percentiles::of(&mut nanos),
+        errors,
+        first_error,
+        plugin_calls,
+    })
+}
+
+/// The decorrelated-retry example plugin copied into a fresh plugin directory as `retry.wasm`:
+/// from `$DBGUARD_PLUGIN_DIR` when set (as the plugin host's benchmark reads it), else built
+/// for wasm32-wasip2 the way the plugin tests build it (same target directory, so either
+/// reuses the other's build).
+fn prepare_plugin_dir() -> Result<tempfile::TempDir, String> {
+    let built = match std::env::var_os("DBGUARD_PLUGIN_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("decorrelated_retry.wasm"),
+        None => build_guests()?.join("decorrelated_retry.wasm"),
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("dbguard-bench-plugins-")
+        .tempdir()
+        .map_err(|e| format!("cannot create a plugin directory: {e}"))?;
+    std::fs::copy(&built, dir.path().join("retry.wasm")).map_err(|e| format!("{}: {e}", built.display()))?;
+    Ok(dir)
+}
+
+/// Builds `plugin-wasi/guest` for wasm32-wasip2; returns the directory of the components.
+fn build_guests() -> Result<PathBuf, String> {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin-wasi/guest/Cargo.toml");
+    let target_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugin-guests");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    eprintln!("building the guest plugins (wasm32-wasip2) for the `dbguard + wasm policy` row…");
+    let output = Command::new(cargo)
+        .args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--manifest-path"])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(&target_dir)
+        // The bench's own flags are for the host, not for the guests.
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .output()
+        .map_err(|e| format!("cannot run cargo to build the guest plugins: {e}"))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(6).collect();
+        let hint = if stderr.contains("target may not be installed") {
+            " (run `rustup target add wasm32-wasip2`)"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "building plugin-wasi/guest for wasm32-wasip2 failed{hint}: {}",
+            tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+        ));
+    }
+    Ok(target_dir.join("wasm32-wasip2").join("release"))
+}
+
+/// dbguard's configuration for the benchmark database: a pool of `pool` connections, all of
+/// them persistent (`DB_POOL_SIZE = pool`, `DB_MAX_OVERFLOW = 0`; max connections is the sum),
+/// statement logging off, everything else at the development profile's defaults.
+fn dbguard_config(url: &str, pool: u32) -> Result<DbConfig, String> {
+    let vars = [
+        ("DATABASE_URL", url.to_owned()),
+        ("DB_POOL_SIZE", pool.to_string()),
+        ("DB_MAX_OVERFLOW", "0".to_owned()),
+        ("DB_ECHO", "false".to_owned()),
+    ];
+    let config = dbguard::env::config_from_vars(vars.map(|(k, v)| (k.to_owned(), v)))
+        .map_err(|e| format!("dbguard configuration: {e}"))?;
+    if config.pool.max_connections() != pool {
+        return Err(format!("dbguard would open {} connections, not {pool}", config.pool.max_connections()));
+    }
+    Ok(config)
+}
+
+async fn create_items(url: &str, rows: i64) -> Result<(), sqlx::Error> {
+    let mut conn = PgConnection::connect(url).await?;
+    let sql = format!(
+        "CREATE TABLE bench_items (id bigint PRIMARY KEY, name text NOT NULL); \
+         INSERT INTO bench_items SELECT g, 'item ' || g FROM generate_series(1, {rows}) AS g; \
+         ANALYZE bench_items;"
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await?;
+    conn.close().await
+}
+
+async fn server_version(url: &str) -> String {
+    let Ok(mut conn) = PgConnection::connect(url).await else { return "unknown".to_owned() };
+    let version: String =
+        sqlx::query_scalar("SELECT version()").fetch_one(&mut conn).await.unwrap_or_else(|_| "unknown".to_owned());
+    let _ = conn.close().await;
+    version
+}
+
+/// Every variant's rounds at one workload × concurrency.
+struct Cell {
+    workload: Workload,
+    tasks: usize,
+    rounds: Vec<(Variant, Result<Run, String>)>,
+}
+
+impl Cell {
+    /// The variant's median round by throughput, the spread of its rounds, and the first error
+    /// if no round succeeded.
+    fn summary(&self, variant: Variant) -> Result<(Run, f64), String> {
+        let mut runs: Vec<&Run> = Vec::new();
+        let mut failure = None;
+        for (v, outcome) in &self.rounds {
+            if *v != variant {
+                continue;
+            }
+            match outcome {
+                Ok(run) => runs.push(run),
+                Err(err) => failure = Some(err.clone()),
+            }
+        }
+        if runs.is_empty() {
+            return Err(failure.unwrap_or_else(|| "not run".to_owned()));
+        }
+        runs.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
+        let median = runs[(runs.len() - 1) / 2].clone();
+        let spread = (runs[runs.len() - 1].ops_per_sec - runs[0].ops_per_sec) / median.ops_per_sec.max(1.0);
+        Ok((median, spread))
+    }
+
+    fn ops(&self, variant: Variant) -> Option<f64> {
+        self.summary(variant).ok().map(|(run, _)| run.ops_per_sec)
+    }
+}
+
+fn ratio(numerator: Option<f64>, denominator: Option<f64>) -> Option<f64> {
+    match (numerator, denominator) {
+        (Some(n), Some(d)) if d > 0.0 => Some(n / d),
+        _ => None,
+    }
+}
+
+fn ratio_cell(value: Option<f64>) -> String {
+    value.map_or_else(|| "–".to_owned(), |r| format!("{r:.2}"))
+}
+
+fn report_workload(report: &mut Report, cells: &[Cell], workload: Workload, knobs: &Knobs) {
+    report.line(format!("### {}", workload.title()));
+    report.line("");
+    let mut table = Table::new(&[
+        "variant",
+        "tasks",
+        "conns",
+        "ops/s",
+        "p50 µs",
+        "p99 µs",
+        "× SeaORM default",
+        "× SeaORM + dbguard options",
+        "round spread",
+        "errors",
+    ]);
+    let mut missing = Vec::new();
+    for cell in cells.iter().filter(|c| c.workload == workload) {
+        let default = cell.ops(Variant::SeaOrmDefault);
+        let tuned = cell.ops(Variant::SeaOrmDbguardOptions);
+        for variant in VARIANTS {
+            match cell.summary(variant) {
+                Ok((run, spread)) => {
+                    let errors = match &run.first_error {
+                        Some(err) => format!("{} ({err})", run.errors),
+                        None => run.errors.to_string(),
+                    };
+                    table.row(&[
+                        variant.label().to_owned(),
+                        cell.tasks.to_string(),
+                        variant.connections(cell.tasks, knobs.pool).to_string(),
+                        format!("{:.0}", run.ops_per_sec),
+                        micros(run.latency.p50),
+                        micros(run.latency.p99),
+                        ratio_cell(ratio(Some(run.ops_per_sec), default)),
+                        ratio_cell(ratio(Some(run.ops_per_sec), tuned)),
+                        format!("{:.0}%", spread * 100.0),
+                        errors,
+                    ]);
+                }
+                Err(reason) => missing.push(format!("{} at {} tasks: {reason}", variant.label(), cell.tasks)),
+            }
+        }
+    }
+    report.line(table.render().trim_end());
+    report.line("");
+    for line in missing {
+        report.line(format!("MISSING {line}"));
+        report.line("");
+    }
+}
+
+fn report_targets(report: &mut Report, cells: &[Cell]) {
+    report.line("### Targets");
+    report.line("");
+    let mut table = Table::new(&["target", "workload", "tasks", "measured", "met"]);
+    let verdict = |r: Option<f64>, floor: f64| match r {
+        Some(r) if r >= floor => "yes",
+        Some(_) => "**no**",
+        None => "not measured",
+    };
+    for cell in cells {
+        let full = ratio(cell.ops(Variant::DbguardFull), cell.ops(Variant::SeaOrmDbguardOptions));
+        table.row(&[
+            "dbguard full path ≥ 0.98 × SeaORM + dbguard options".to_owned(),
+            cell.workload.key().to_owned(),
+            cell.tasks.to_string(),
+            ratio_cell(full),
+            verdict(full, 0.98).to_owned(),
+        ]);
+    }
+    for cell in cells.iter().filter(|c| c.tasks == 1 || c.tasks == 16) {
+        let options = ratio(cell.ops(Variant::SeaOrmDbguardOptions), cell.ops(Variant::SeaOrmDefault));
+        table.row(&[
+            "SeaORM + dbguard options ≥ 1.3 × SeaORM default".to_owned(),
+            cell.workload.key().to_owned(),
+            cell.tasks.to_string(),
+            ratio_cell(options),
+            verdict(options, 1.3).to_owned(),
+        ]);
+    }
+    report.line(table.render().trim_end());
+    report.line("");
+    let plugin_calls: Vec<String> = cells
+        .iter()
+        .filter_map(|cell| {
+            let (run, _) = cell.summary(Variant::DbguardWasm).ok()?;
+            Some(format!("{} × {}: {}", cell.workload.key(), cell.tasks, run.plugin_calls.unwrap_or(0)))
+        })
+        .collect();
+    if !plugin_calls.is_empty() {
+        report.line(format!(
+            "Calls the wasm policy answered in the reported rounds ({}): it is asked only after a failed \
+             attempt, so on an error-free load the row measures having a plugin installed, not calling it.",
+            plugin_calls.join(", ")
+        ));
+        report.line("");
+    }
+}
+
+async fn bench() -> Result<Report, String> {
+    let knobs = Knobs::from_env();
+    if knobs.metrics {
+        // The recorder `dbguard serve` installs: every guarded call then updates real series.
+        let _ = dbguard::api::metrics_handle();
+    }
+    let db = TestDb::create("bench_load").await.map_err(|e| format!("cannot create the benchmark database: {e}"))?;
+    let url = with_sslmode(db.url(), "disable");
+    create_items(&url, knobs.rows).await.map_err(|e| format!("cannot fill bench_items: {e}"))?;
+    let version = server_version(&url).await;
+    let config = dbguard_config(&url, knobs.pool)?;
+    let plugin_dir = prepare_plugin_dir();
+    if let Err(reason) = &plugin_dir {
+        eprintln!("MISSING dbguard + wasm policy: {reason}");
+    }
+    let setup = Setup { url, config, knobs: knobs.clone(), plugin_dir };
+
+    let mut report = Report::new("load");
+    report.line("## Closed-loop load (`tests/benches/load.rs`)");
+    report.line("");
+    report.line(format!(
+        "Server: {version}, loopback TCP, `sslmode=disable` for every client. {} measured s per run after \
+         {} s warm-up, {} interleaved round(s), median round reported; pool of {} connections for every \
+         pooled variant; `raw sqlx` holds one connection per task (64 at 64 tasks). dbguard's Prometheus \
+         recorder {}. Load generator and server share the machine's {} cores.",
+        knobs.seconds.as_secs_f64(),
+        knobs.warmup.as_secs_f64(),
+        knobs.rounds,
+        knobs.pool,
+        if knobs.metrics { "installed" } else { "not installed" },
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+    ));
+    report.line("");
+
+    let mut cells = Vec::new();
+    for workload in [Workload::SelectOne, Workload::IndexedRead] {
+        for &tasks in &knobs.tasks {
+            let mut cell = Cell { workload, tasks, rounds: Vec::new() };
+            for round in 0..knobs.rounds {
+                for variant in VARIANTS {
+                    let outcome = run_once(variant, workload, tasks, &setup).await;
+                    match &outcome {
+                        Ok(run) => eprintln!(
+                            "{} tasks={tasks} round={round} {:<26} {:>9.0} ops/s p50={}µs p99={}µs errors={}",
+                            workload.key(),
+                            variant.label(),
+                            run.ops_per_sec,
+                            micros(run.latency.p50),
+                            micros(run.latency.p99),
+                            run.errors
+                        ),
+                        Err(err) => eprintln!(
+                            "{} tasks={tasks} round={round} {:<26} failed: {err}",
+                            workload.key(),
+                            variant.label()
+                        ),
+                    }
+                    cell.rounds.push((variant, outcome));
+                }
+            }
+            cells.push(cell);
+        }
+    }
+    for workload in [Workload::SelectOne, Workload::IndexedRead] {
+        report_workload(&mut report, &cells, workload, &knobs);
+    }
+    report_targets(&mut report, &cells);
+    drop(setup);
+    drop(db);
+    Ok(report)
+}
+
+fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(bench()) {
+        Ok(report) => report.finish(),
+        Err(err) => {
+            eprintln!("load benchmark failed: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

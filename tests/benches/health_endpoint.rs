@@ -1,0 +1,267 @@
+//! The cached health endpoint under load: dbguard's HTTP API started in-process on a throwaway
+//! PostgreSQL database, `GET /api/database/health` driven over many keep-alive connections on
+//! loopback for a fixed time, and the database probes made meanwhile counted.
+//!
+//! The server is assembled as `dbguard serve` assembles it: lazy manager, background monitor,
+//! `AppState::new` (which installs the Prometheus recorder) and a log subscriber at
+//! `DBGUARD_LOG` (default `info`) on stderr. The load generator is a plain HTTP/1.1 client
+//! (hyper), one connection per task, on the same runtime: it shares the machine's cores with
+//! the server, so the number is what both together sustain.
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `DBGUARD_BENCH_HEALTH_SECONDS` | 5 | measured seconds |
+//! | `DBGUARD_BENCH_HEALTH_WARMUP` | 0.5 | unmeasured seconds before |
+//! | `DBGUARD_BENCH_HTTP_CONNECTIONS` | 64 | concurrent keep-alive connections (one task each) |
+//! | `DBGUARD_BENCH_HEALTH_INTERVAL` | 1 | `DB_HEALTH_CHECK_INTERVAL` (and so the cache TTL), seconds |
+//! | `DBGUARD_TEST_PG_URL` | postgres://postgres@127.0.0.1:5432/postgres | the server |
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use dbguard::DbManager;
+use dbguard::api::{self, AppState};
+use dbguard::auth::Authenticator;
+use dbguard_tests::TestDb;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper::{Request, header};
+use hyper_util::rt::TokioIo;
+use support::{Percentiles, Report, Table, knob, knob_seconds, micros};
+
+const HEALTH_PATH: &str = "/api/database/health";
+
+/// A fixed signing secret: the benchmark mints its own token and nothing else ever sees it.
+const SECRET: &str = "health-bench-secret-5d1f0a7c93e24b68a1c0";
+
+/// The throughput the endpoint is expected to reach on two cores.
+const TARGET_REQUESTS_PER_SEC: f64 = 20_000.0;
+
+const WARMUP: u8 = 0;
+const MEASURE: u8 = 1;
+const STOP: u8 = 2;
+
+struct Knobs {
+    seconds: Duration,
+    warmup: Duration,
+    connections: usize,
+    interval: Duration,
+}
+
+impl Knobs {
+    fn from_env() -> Self {
+        Self {
+            seconds: knob_seconds("DBGUARD_BENCH_HEALTH_SECONDS", 5.0),
+            warmup: knob_seconds("DBGUARD_BENCH_HEALTH_WARMUP", 0.5),
+            connections: knob("DBGUARD_BENCH_HTTP_CONNECTIONS", 64usize).max(1),
+            interval: knob_seconds("DBGUARD_BENCH_HEALTH_INTERVAL", 1.0),
+        }
+    }
+}
+
+/// What one client connection saw.
+#[derive(Default)]
+struct Tally {
+    nanos: Vec<u64>,
+    failures: u64,
+    first_failure: Option<String>,
+}
+
+/// One keep-alive connection sending requests back to back until the phase is `STOP`.
+async fn client(addr: SocketAddr, authorization: Arc<str>, phase: Arc<AtomicU8>) -> Tally {
+    let mut tally = Tally::default();
+    let fail = |tally: &mut Tally, what: String| {
+        tally.failures += 1;
+        tally.first_failure.get_or_insert(what);
+    };
+    let stream = match tokio::net::TcpStream::connect(addr).await {
+        Ok(stream) => stream,
+        Err(err) => {
+            fail(&mut tally, format!("connect: {err}"));
+            return tally;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut sender, connection) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+        Ok(pair) => pair,
+        Err(err) => {
+            fail(&mut tally, format!("handshake: {err}"));
+            return tally;
+        }
+    };
+    tokio::spawn(connection);
+    let host = addr.to_string();
+    loop {
+        let now_in = phase.load(Ordering::Relaxed);
+        if now_in == STOP {
+            break;
+        }
+        let request = Request::get(HEALTH_PATH)
+            .header(header::HOST, host.as_str())
+            .header(header::AUTHORIZATION, &*authorization)
+            .body(Empty::<Bytes>::new());
+        let Ok(request) = request else {
+            fail(&mut tally, "cannot build the request".to_owned());
+            break;
+        };
+        let started = Instant::now();
+        // The connection takes the next request only once the previous exchange is finished.
+        if let Err(err) = sender.ready().await {
+            fail(&mut tally, format!("connection: {err}"));
+            break;
+        }
+        let response = match sender.send_request(request).await {
+            Ok(response) => response,
+            Err(err) => {
+                fail(&mut tally, format!("request: {err}"));
+                break;
+            }
+        };
+        let status = response.status();
+        let body = response.into_body().collect().await;
+        let elapsed = started.elapsed();
+        match body {
+            Ok(_) if status.is_success() => {
+                if now_in == MEASURE {
+                    tally.nanos.push(elapsed.as_nanos() as u64);
+                }
+            }
+            Ok(body) => {
+                let text = String::from_utf8_lossy(&body.to_bytes()).chars().take(200).collect::<String>();
+                fail(&mut tally, format!("status {status}: {text}"));
+            }
+            Err(err) => {
+                fail(&mut tally, format!("body: {err}"));
+                break;
+            }
+        }
+    }
+    tally
+}
+
+/// The log subscriber `dbguard serve` installs, so request spans cost what they cost there.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DBGUARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+async fn bench() -> Result<Report, String> {
+    let knobs = Knobs::from_env();
+    init_logging();
+    let db = TestDb::create("bench_health").await.map_err(|e| format!("cannot create the benchmark database: {e}"))?;
+    let interval_ms = knobs.interval.as_millis().max(1);
+    let vars = [
+        ("DATABASE_URL", db.url().to_owned()),
+        ("JWT_SECRET", SECRET.to_owned()),
+        ("DB_ECHO", "false".to_owned()),
+        ("DB_HEALTH_CHECK_INTERVAL", format!("{interval_ms}ms")),
+    ];
+    let config = dbguard::env::config_from_vars(vars.map(|(k, v)| (k.to_owned(), v)))
+        .map_err(|e| format!("dbguard configuration: {e}"))?;
+    let ttl = config.health.cache_ttl;
+    let auth = Authenticator::from_config(&config.service.auth, config.profile).map_err(|e| e.to_string())?;
+    let token = auth.mint("health-bench", "db:read", Duration::from_secs(3600)).map_err(|e| e.to_string())?;
+    let manager = DbManager::connect_lazy(config).await.map_err(|e| e.to_string())?;
+    let monitor = manager.spawn_monitor();
+    let state = AppState::new(manager.clone(), auth);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("bind: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(api::serve(listener, state, async move {
+        let _ = stopped.await;
+    }));
+
+    let authorization: Arc<str> = Arc::from(format!("Bearer {token}"));
+    let phase = Arc::new(AtomicU8::new(WARMUP));
+    let clients: Vec<_> =
+        (0..knobs.connections).map(|_| tokio::spawn(client(addr, authorization.clone(), phase.clone()))).collect();
+    tokio::time::sleep(knobs.warmup).await;
+    let probes_before = manager.probe_count();
+    phase.store(MEASURE, Ordering::Relaxed);
+    let measuring = Instant::now();
+    tokio::time::sleep(knobs.seconds).await;
+    phase.store(STOP, Ordering::Relaxed);
+    let measured = measuring.elapsed();
+    let probes = manager.probe_count() - probes_before;
+
+    let mut nanos = Vec::new();
+    let (mut failures, mut first_failure) = (0, None);
+    for handle in clients {
+        let tally = handle.await.map_err(|e| format!("a client task failed: {e}"))?;
+        nanos.extend_from_slice(&tally.nanos);
+        failures += tally.failures;
+        first_failure = first_failure.or(tally.first_failure);
+    }
+    let health = manager.cached_health().map(|h| format!("{:?}", h.status)).unwrap_or_else(|| "none".into());
+    let _ = stop_server.send(());
+    let _ = server.await;
+    monitor.abort();
+    manager.close().await;
+    drop(db);
+
+    let requests = nanos.len() as u64;
+    let per_sec = requests as f64 / measured.as_secs_f64();
+    let latency = Percentiles::of(&mut nanos);
+    let bound = (measured.as_secs_f64() / knobs.interval.as_secs_f64()).floor() as u64 + 1;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+
+    let mut report = Report::new("health_endpoint");
+    report.line("## Cached health endpoint (`tests/benches/health_endpoint.rs`)");
+    report.line("");
+    report.line(format!(
+        "`GET {HEALTH_PATH}` with a `db:read` token, {} keep-alive HTTP/1.1 connections on loopback, {:.1} s \
+         measured after {:.1} s warm-up. `DB_HEALTH_CHECK_INTERVAL` = {:.1} s (cache TTL {:.1} s), monitor \
+         running. The load generator runs in the same process and on the same {cores} cores as the server.",
+        knobs.connections,
+        measured.as_secs_f64(),
+        knobs.warmup.as_secs_f64(),
+        knobs.interval.as_secs_f64(),
+        ttl.as_secs_f64(),
+    ));
+    report.line("");
+    let mut table =
+        Table::new(&["requests/s", "p50 µs", "p99 µs", "failures", "probes", "probe bound", "≥ 20,000 req/s"]);
+    table.row(&[
+        format!("{per_sec:.0}"),
+        micros(latency.p50),
+        micros(latency.p99),
+        match &first_failure {
+            Some(first) => format!("{failures} ({first})"),
+            None => failures.to_string(),
+        },
+        probes.to_string(),
+        format!("≤ {bound} ({})", if probes <= bound { "met" } else { "**exceeded**" }),
+        if per_sec >= TARGET_REQUESTS_PER_SEC { "yes".to_owned() } else { "**no**".to_owned() },
+    ]);
+    report.line(table.render().trim_end());
+    report.line("");
+    report.line(format!(
+        "Probes are `DbManager::probe_count()` (the `dbguard_health_probes_total` counter) over the measured \
+         window; the bound is duration / interval + 1. Health at the end: {health}."
+    ));
+    report.line("");
+    Ok(report)
+}
+
+fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(bench()) {
+        Ok(report) => report.finish(),
+        Err(err) => {
+            eprintln!("health endpoint benchmark failed: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

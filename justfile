@@ -39,10 +39,10 @@ drills:
     #!/usr/bin/env bash
     set -uo pipefail
     mkdir -p target
-    cargo test -p dbguard-tests --no-fail-fast \
+    cargo test -p dbguard-tests -p dbguard --no-fail-fast \
         --test drill_restart --test drill_kill9 --test drill_terminate --test drill_blackhole \
         --test drill_latency --test drill_max_connections --test drill_startup_down \
-        --test drill_sqlite --test drill_reconnect --test drill_failover \
+        --test serve_startup_down --test drill_sqlite --test drill_reconnect --test drill_failover \
         -- --nocapture --test-threads=1 2>&1 | tee target/drills.log | grep -E 'SKIP |panicked at|^test result: FAILED'
     status=${PIPESTATUS[0]}
     echo

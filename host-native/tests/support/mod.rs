@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use dbguard::DbManager;
 use dbguard::api::{self, AppState};
 use dbguard::auth::Authenticator;
+use dbguard::plugins::PluginRuntime;
 use serde_json::{Value, json};
 
 pub const SECRET: &str = "api-test-secret-7f3c9a1e5b2d4c6e8a0b";
@@ -50,18 +51,41 @@ where
         .finish()
 }
 
+/// How [`Server::start_with`] differs from [`Server::start`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The API's end-to-end request timeout (408 past it).
+    pub request_timeout: Duration,
+    /// Start a plugin runtime on this directory and serve it under `/api/plugins`.
+    pub plugin_dir: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { request_timeout: Duration::from_secs(30), plugin_dir: None }
+    }
+}
+
 pub struct Server {
     pub base: String,
     pub client: reqwest::Client,
     pub admin: String,
     pub reader: String,
     pub manager: DbManager,
+    /// The plugin runtime, when started with [`Options::plugin_dir`].
+    pub plugins: Option<PluginRuntime>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
 impl Server {
     pub async fn start(vars: &[(&str, &str)]) -> Self {
+        Self::start_with(vars, Options::default()).await
+    }
+
+    /// [`Server::start`] with another request timeout and, optionally, a plugin runtime on a
+    /// directory (the runtime lives as long as the server).
+    pub async fn start_with(vars: &[(&str, &str)], options: Options) -> Self {
         let _ = log_buffer();
         let mut pairs: Vec<(String, String)> = vec![
             ("JWT_SECRET".into(), SECRET.into()),
@@ -82,7 +106,15 @@ impl Server {
         let admin = auth.mint("tester", "db:read db:admin", Duration::from_secs(600)).unwrap_or_default();
         let reader = auth.mint("reader", "db:read", Duration::from_secs(600)).unwrap_or_default();
         let manager = DbManager::connect_lazy(config).await.expect("manager");
-        let state = AppState::with_options(manager.clone(), auth, Duration::from_secs(30));
+        let mut state = AppState::with_options(manager.clone(), auth, options.request_timeout);
+        let plugins = match &options.plugin_dir {
+            Some(dir) => {
+                let runtime = PluginRuntime::start(manager.clone(), dir).await.expect("plugin runtime");
+                state = state.with_plugins(Arc::new(runtime.clone()));
+                Some(runtime)
+            }
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -95,6 +127,7 @@ impl Server {
             admin,
             reader,
             manager,
+            plugins,
             shutdown: Some(tx),
             task: Some(task),
         }
@@ -129,6 +162,8 @@ impl Server {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+        // Unwires the plugins from the manager before its pools close.
+        drop(self.plugins.take());
         self.manager.close().await;
     }
 
@@ -181,4 +216,99 @@ pub fn hs256(secret: &[u8], claims: &Value) -> String {
         &jsonwebtoken::EncodingKey::from_secret(secret),
     )
     .expect("encode")
+}
+
+/// A token signed with `secret` under any HMAC algorithm (HS256, HS384, HS512).
+pub fn hmac_token(algorithm: jsonwebtoken::Algorithm, secret: &[u8], claims: &Value) -> String {
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(algorithm), claims, &jsonwebtoken::EncodingKey::from_secret(secret))
+        .expect("encode")
+}
+
+/// Unpadded base64url, to forge tokens (and look for encoded secrets) by hand.
+pub fn base64url(bytes: &[u8]) -> String {
+    base64_with(bytes, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", false)
+}
+
+/// Padded standard base64.
+pub fn base64_standard(bytes: &[u8]) -> String {
+    base64_with(bytes, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/", true)
+}
+
+fn base64_with(bytes: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(char::from(alphabet[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+        if pad {
+            out.push_str(&"=".repeat(3 - chunk.len()));
+        }
+    }
+    out
+}
+
+/// Sends `request` as raw bytes on a new connection (for what a well-behaved client cannot
+/// send: unnormalised paths, duplicate headers, odd methods) and reads the response to EOF.
+/// The request should say `Connection: close`. Returns the status and the body parsed as
+/// JSON (`Value::Null` when the body is empty).
+pub async fn raw_request(base: &str, request: &[u8]) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("send");
+    let mut bytes = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut bytes))
+        .await
+        .expect("the server answers a raw request")
+        .expect("read");
+    parse_response(&bytes)
+}
+
+/// Status and JSON body of a raw HTTP/1.1 response with a `Content-Length` body.
+pub fn parse_response(bytes: &[u8]) -> (u16, Value) {
+    let text = String::from_utf8_lossy(bytes);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let value = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(body).unwrap_or_else(|_| panic!("non-JSON body with status {status}: {body}"))
+    };
+    (status, value)
+}
+
+/// The guest component built from `plugin-wasi/guest`'s crate `name`, built for
+/// `wasm32-wasip2` on first use (once per test binary) as the plugin host's tests do.
+pub fn guest_plugin(name: &str) -> Vec<u8> {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugin-wasi/guest/Cargo.toml");
+        let target_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugin-guests");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let output = std::process::Command::new(cargo)
+            .args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--manifest-path"])
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(&target_dir)
+            // The outer build's flags are for the host target, not for the guests.
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("CARGO_BUILD_TARGET")
+            .output()
+            .expect("could not run cargo to build the guest plugins");
+        assert!(
+            output.status.success(),
+            "building the guest plugins ({}) failed (is the wasm32-wasip2 target installed?):\n{}",
+            manifest.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        target_dir.join("wasm32-wasip2").join("release")
+    });
+    let path = dir.join(format!("{}.wasm", name.replace('-', "_")));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }

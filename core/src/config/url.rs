@@ -282,35 +282,54 @@ impl fmt::Display for DatabaseUrl {
 }
 
 /// Replaces the password in any URL-like text with `***`: the `user:password@` part and any
-/// `password=` query or keyword parameter. Works on text that does not parse, so error
-/// messages about a malformed URL stay safe.
+/// `password=` query or keyword parameter. Works on text that does not parse (a scheme without
+/// `//`, a `/` or `?` left unencoded in the password), so error messages about a malformed URL
+/// stay safe. When unsure it hides more, never less.
 pub fn redact(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    let authority_start = text.find("://").map(|i| i + 3);
-    match authority_start {
-        Some(start) => {
-            let authority_end = text[start..].find(['/', '?']).map_or(text.len(), |i| start + i);
-            let authority = &text[start..authority_end];
-            out.push_str(&text[..start]);
-            match authority.rfind('@') {
-                Some(at) => {
-                    let userinfo = &authority[..at];
-                    match userinfo.find(':') {
-                        Some(colon) => {
-                            out.push_str(&userinfo[..colon]);
-                            out.push_str(":***");
-                        }
-                        None => out.push_str(userinfo),
-                    }
-                    out.push_str(&authority[at..]);
-                }
-                None => out.push_str(authority),
-            }
-            out.push_str(&redact_password_params(&text[authority_end..]));
-        }
-        None => out.push_str(&redact_password_params(text)),
+    let mut rest = text;
+    while let Some(start) = rest.find(|c: char| !is_token_boundary(c)) {
+        out.push_str(&rest[..start]);
+        let token = &rest[start..];
+        let len = token.find(is_token_boundary).unwrap_or(token.len());
+        redact_userinfo(&token[..len], &mut out);
+        rest = &token[len..];
     }
-    out
+    out.push_str(rest);
+    redact_password_params(&out)
+}
+
+/// Where a URL-like token ends in free text: whitespace and quotes.
+fn is_token_boundary(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '"' | '\'' | '`')
+}
+
+/// Writes `token` with everything between the first `:` of its user information and its last
+/// `@` replaced by `***`. The user information starts after `scheme://`, or after `scheme:`
+/// when a `:` follows (so `user:secret@host` keeps `user`), and after any leading `/`.
+fn redact_userinfo(token: &str, out: &mut String) {
+    let Some(at) = token.rfind('@') else {
+        out.push_str(token);
+        return;
+    };
+    let before = &token[..at];
+    let scheme_len = before
+        .find(':')
+        .filter(|&colon| colon > 0 && before[..colon].chars().all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c)));
+    let mut userinfo_start = match scheme_len {
+        Some(colon) if before[colon..].starts_with("://") => colon + 3,
+        Some(colon) if before[colon + 1..].contains(':') => colon + 1,
+        _ => 0,
+    };
+    userinfo_start += before[userinfo_start..].len() - before[userinfo_start..].trim_start_matches('/').len();
+    match before[userinfo_start..].find(':') {
+        Some(colon) => {
+            out.push_str(&token[..userinfo_start + colon + 1]);
+            out.push_str("***");
+            out.push_str(&token[at..]);
+        }
+        None => out.push_str(token),
+    }
 }
 
 fn redact_password_params(text: &str) -> String {
@@ -470,5 +489,24 @@ mod tests {
         assert_eq!(redact("postgres://app:pw@db:5432/x"), "postgres://app:***@db:5432/x");
         assert_eq!(redact("garbage://u:pw@@h"), "garbage://u:***@h");
         assert_eq!(redact("host=db password=pw user=x"), "host=db password=*** user=x");
+    }
+
+    #[test]
+    fn malformed_urls_hide_their_password_too() {
+        for (text, shown) in [
+            ("postgres//user:PW@host/db", "postgres//user:***@host/db"),
+            ("postgres:/user:PW@host/db", "postgres:/user:***@host/db"),
+            ("postgres:user:PW@host/db", "postgres:user:***@host/db"),
+            ("mysql:user:PW@host", "mysql:user:***@host"),
+            ("postgres://user:pa/PW@host/db", "postgres://user:***@host/db"),
+            ("postgres://user:pa?PW@host/db", "postgres://user:***@host/db"),
+            ("postgres://user:p:PW@host/db", "postgres://user:***@host/db"),
+            ("user:PW@host", "user:***@host"),
+            ("bad value \"postgres://u:PW@h/x\" for X", "bad value \"postgres://u:***@h/x\" for X"),
+            ("postgres://app@db/x?application_name=a@b", "postgres://app@db/x?application_name=a@b"),
+            ("write to admin@example.com at 10:30", "write to admin@example.com at 10:30"),
+        ] {
+            assert_eq!(redact(text), shown, "{text}");
+        }
     }
 }

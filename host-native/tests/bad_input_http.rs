@@ -13,6 +13,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use dbguard::api;
 use reqwest::Method;
 use serde_json::{Value, json};
 use support::{Options, SECRET, Server, base64url, hmac_token, now_secs, raw_request};
@@ -974,8 +975,8 @@ async fn every_bad_request_gets_its_status_and_changes_nothing() {
 }
 
 /// A client that sends complete headers announcing a body, then stalls, is answered 408 with
-/// the envelope when the request timeout passes. (A client that stalls *inside* the headers is
-/// not covered: the server has no header-read timeout, so there is nothing to assert yet.)
+/// the envelope when the request timeout passes. (A client that stalls inside the headers is
+/// the next test's.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_body_is_answered_408() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1124,4 +1125,39 @@ async fn bad_plugin_files_are_refused_and_the_active_plugin_stays() {
     println!("bad_input_http (plugin files): {} cases", cases.len());
     server.stop().await;
     assert!(failures.is_empty(), "{} of {} rows failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+}
+
+/// A client that stalls inside its headers is disconnected at the header-read timeout (no
+/// middleware has run yet, so there is no envelope to send), and a client still connected at
+/// shutdown does not keep the server from stopping past the drain limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_headers_are_cut_off_and_do_not_block_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let limits = api::ServeLimits {
+        header_read_timeout: Duration::from_millis(500),
+        shutdown_drain_limit: Duration::from_secs(1),
+    };
+    let mut server = sqlite_server(dir.path(), Options { limits, ..Options::default() }).await;
+    // The header timeout also ends idle keep-alive connections (hyper times the wait for the next
+    // request's headers), so this test's client does not keep any.
+    server.client = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
+    let before = state(&server).await;
+    let address = server.base.trim_start_matches("http://").to_owned();
+
+    let mut stalled = tokio::net::TcpStream::connect(&address).await.expect("connect");
+    stalled.write_all(b"GET /livez HTTP/1.1\r\nHost: local").await.expect("send half a header");
+    let mut bytes = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(30), stalled.read_to_end(&mut bytes)).await;
+    assert!(closed.is_ok(), "a client stalled inside its headers must be disconnected");
+    assert_eq!(state(&server).await, before);
+
+    // Another stalled client, this time connected when shutdown begins: the server still stops.
+    let mut holder = tokio::net::TcpStream::connect(&address).await.expect("connect");
+    holder.write_all(b"GET /livez HTTP/1.1\r\n").await.expect("send a request line");
+    let stopping = server.begin_shutdown();
+    let stopped = tokio::time::timeout(Duration::from_secs(30), stopping).await;
+    assert!(stopped.is_ok(), "shutdown waited on a stalled client past its drain limit");
+    drop(holder);
+    server.stop().await;
 }

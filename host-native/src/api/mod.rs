@@ -67,6 +67,14 @@ pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
 /// Time a request may take end to end (longer → 408). Above the test query's 10 s cap.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How long a client may take to send a request's headers. Until they are in, no middleware
+/// runs, so this is the only bound on a client that connects and stalls.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long shutdown waits for open connections to finish before closing them anyway, so that
+/// a stalled or slow client cannot keep the process from exiting.
+pub const SHUTDOWN_DRAIN_LIMIT: Duration = Duration::from_secs(20);
+
 /// The request-id header.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
@@ -384,12 +392,77 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::map_response(ensure_envelope))
 }
 
+/// Bounds on what a client can hold open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// How long a client may take to send a request's headers.
+    pub header_read_timeout: Duration,
+    /// How long shutdown waits for open connections before closing them.
+    pub shutdown_drain_limit: Duration,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        Self { header_read_timeout: HEADER_READ_TIMEOUT, shutdown_drain_limit: SHUTDOWN_DRAIN_LIMIT }
+    }
+}
+
 /// Serves the API on `listener` until `shutdown` completes, then stops accepting and waits for
-/// in-flight requests to finish. Closing the pools is the caller's (see `dbguard serve`).
+/// in-flight requests to finish, at most [`SHUTDOWN_DRAIN_LIMIT`]. Each connection must send
+/// its request headers within [`HEADER_READ_TIMEOUT`]. Closing the pools is the caller's (see
+/// `dbguard serve`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    serve_with_limits(listener, state, shutdown, ServeLimits::default()).await
+}
+
+/// [`serve`] with other [`ServeLimits`].
+pub async fn serve_with_limits(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    limits: ServeLimits,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let app = router(state);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // Without a timer hyper cannot time anything, and its header timeout stays off.
+    http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection closed with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.shutdown_drain_limit, graceful.shutdown()).await.is_err() {
+        tracing::warn!(
+            limit_ms = limits.shutdown_drain_limit.as_millis() as u64,
+            "connections still open at shutdown; closing them"
+        );
+    }
+    Ok(())
 }

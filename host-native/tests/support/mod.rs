@@ -58,11 +58,13 @@ pub struct Options {
     pub request_timeout: Duration,
     /// Start a plugin runtime on this directory and serve it under `/api/plugins`.
     pub plugin_dir: Option<PathBuf>,
+    /// Header-read timeout and shutdown drain limit.
+    pub limits: api::ServeLimits,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { request_timeout: Duration::from_secs(30), plugin_dir: None }
+        Self { request_timeout: Duration::from_secs(30), plugin_dir: None, limits: api::ServeLimits::default() }
     }
 }
 
@@ -118,12 +120,18 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(api::serve(listener, state, async move {
+        let shutdown = async move {
             let _ = rx.await;
-        }));
+        };
+        let task = tokio::spawn(api::serve_with_limits(listener, state, shutdown, options.limits));
         Self {
             base,
-            client: reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client"),
+            // Idle connections are dropped before the server's header-read timeout closes them.
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .pool_idle_timeout(Duration::from_secs(5))
+                .build()
+                .expect("client"),
             admin,
             reader,
             manager,

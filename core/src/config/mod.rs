@@ -644,8 +644,7 @@ impl Parser<'_> {
         let bind = match self.non_empty(vars::DBGUARD_BIND, "host:port, e.g. 127.0.0.1:8080")? {
             None => "127.0.0.1:8080".to_owned(),
             Some(bind) => {
-                let valid =
-                    bind.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+                let valid = bind.rsplit_once(':').is_some_and(|(host, port)| valid_bind_host(host) && valid_port(port));
                 if !valid {
                     return Err(ConfigError::Invalid {
                         variable: vars::DBGUARD_BIND,
@@ -699,3 +698,18 @@ impl Parser<'_> {
 
 #[cfg(test)]
 mod tests;
+
+/// A listen host: a name or IPv4 address without spaces, or a bracketed IPv6 address.
+fn valid_bind_host(host: &str) -> bool {
+    match host.strip_prefix('[') {
+        Some(rest) => rest.strip_suffix(']').is_some_and(|ip| ip.parse::<core::net::Ipv6Addr>().is_ok()),
+        None => {
+            !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+        }
+    }
+}
+
+/// A port: plain digits from 0 to 65535 (0 asks the system for a free one).
+fn valid_port(port: &str) -> bool {
+    !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok()
+}

@@ -54,7 +54,10 @@ pub(crate) fn boolean(variable: &'static str, raw: &str) -> Result<bool, ConfigE
 
 /// Parses a whole number in `min..=max`.
 pub(crate) fn integer(variable: &'static str, raw: &str, min: u32, max: u32) -> Result<u32, ConfigError> {
-    raw.trim().parse::<u32>().ok().filter(|n| (min..=max).contains(n)).ok_or_else(|| ConfigError::Invalid {
+    let digits = raw.trim();
+    // `u32::from_str` also takes a leading `+`; a configuration value is plain digits.
+    let parsed = digits.bytes().all(|b| b.is_ascii_digit()).then(|| digits.parse::<u32>().ok()).flatten();
+    parsed.filter(|n| (min..=max).contains(n)).ok_or_else(|| ConfigError::Invalid {
         variable,
         value: raw.to_owned(),
         expected: format!("a whole number from {min} to {max}"),

@@ -465,6 +465,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
+/// The longest string or blob a SQLite statement of the test endpoint may build
+/// (`SQLITE_LIMIT_LENGTH`). SQLite checks it as the value is made, so `randomblob(1e9)` fails
+/// at once instead of allocating a gigabyte that the timeout's interrupt cannot stop.
+pub const SQLITE_MAX_VALUE_BYTES: i32 = 1024 * 1024;
+
 async fn run_sqlite(path: PathBuf, request: QueryRequest, limits: QueryLimits) -> Result<Rows, QueryError> {
     use rusqlite::{Connection, OpenFlags, limits::Limit};
 
@@ -472,6 +477,7 @@ async fn run_sqlite(path: PathBuf, request: QueryRequest, limits: QueryLimits) -
         .map_err(|err| QueryError::Unavailable(format!("cannot open the database read-only: {err}")))?;
     let setup = conn
         .set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0)
+        .and_then(|_| conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, SQLITE_MAX_VALUE_BYTES))
         .and_then(|_| conn.execute_batch("PRAGMA query_only = 1; PRAGMA trusted_schema = 0;"))
         .and_then(|_| conn.busy_timeout(limits.timeout));
     setup.map_err(|err| QueryError::Internal(format!("cannot prepare the read-only connection: {err}")))?;
@@ -555,9 +561,14 @@ fn sqlite_error(err: &rusqlite::Error, limits: QueryLimits) -> QueryError {
             ErrorCode::ReadOnly | ErrorCode::AuthorizationForStatementDenied | ErrorCode::PermissionDenied => {
                 QueryError::Forbidden(format!("write refused: {text}"))
             }
+            ErrorCode::TooBig => QueryError::Invalid(format!(
+                "a value would exceed the test endpoint's limit of {SQLITE_MAX_VALUE_BYTES} bytes: {text}"
+            )),
             ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => {
                 QueryError::Timeout(format!("the database stayed locked past the timeout: {text}"))
             }
+            // Extension loading is off on this connection; SQLite says so as SQLITE_ERROR.
+            _ if text.contains("not authorized") => QueryError::Forbidden(format!("refused: {text}")),
             _ if text.contains("too many attached databases") => {
                 QueryError::Forbidden("ATTACH is refused: the test endpoint reads only the configured database".into())
             }

@@ -191,7 +191,12 @@ fn cases(server: &Server) -> Vec<Case> {
         raw(
             "two Authorization headers, garbage first",
             raw_get(INFO, &format!("Authorization: Bearer garbage\r\nAuthorization: Bearer {admin}\r\n")),
-            unauthorized(not_a_jwt),
+            unauthorized("more than one was sent"),
+        ),
+        raw(
+            "two Authorization headers, the good one first",
+            raw_get(INFO, &format!("Authorization: Bearer {admin}\r\nAuthorization: Bearer garbage\r\n")),
+            unauthorized("more than one was sent"),
         ),
         // Tokens.
         client("three segments of garbage", get.clone(), INFO, bearer("a.b.c"), Body::None, unauthorized(not_a_jwt)),
@@ -410,7 +415,15 @@ fn cases(server: &Server) -> Vec<Case> {
             TEST,
             Auth::Admin,
             json_bytes("[]"),
-            bad_request("invalid length 0"),
+            bad_request("invalid JSON body"),
+        ),
+        client(
+            "the fields as an array",
+            post.clone(),
+            TEST,
+            Auth::Admin,
+            json_bytes(r#"["SELECT 1"]"#),
+            bad_request("invalid JSON body"),
         ),
         client("JSON null", post.clone(), TEST, Auth::Admin, json_bytes("null"), bad_request("invalid JSON body")),
         client(
@@ -585,6 +598,22 @@ fn cases(server: &Server) -> Vec<Case> {
             Auth::Admin,
             query("CREATE TABLE evil (x INTEGER)"),
             write_refused.clone(),
+        ),
+        client(
+            "loading an extension",
+            post.clone(),
+            TEST,
+            Auth::Admin,
+            query("SELECT load_extension('/lib/x86_64-linux-gnu/libc.so.6')"),
+            Error(403, "forbidden", "not authorized"),
+        ),
+        client(
+            "a gigabyte value (SQLite refuses it as it is built)",
+            post.clone(),
+            TEST,
+            Auth::Admin,
+            query("SELECT randomblob(1000000000)"),
+            invalid_query("exceed the test endpoint's limit"),
         ),
         client(
             "INSERT behind a CTE",

@@ -223,7 +223,14 @@ pub struct ReadAccess(pub Principal);
 pub struct AdminAccess(pub Principal);
 
 fn authorize(parts: &Parts, state: &AppState, scope: Scope) -> Result<Principal, ApiError> {
-    let header = parts.headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
+    let mut headers = parts.headers.get_all(header::AUTHORIZATION).iter();
+    let header = headers.next().map(HeaderValue::as_bytes);
+    if headers.next().is_some() {
+        // Which of two credentials counts is a question a proxy and this server could answer
+        // differently; refuse both.
+        tracing::info!(target: "dbguard::audit", "request refused: more than one Authorization header");
+        return Err(ApiError::unauthorized("malformed Authorization header: more than one was sent"));
+    }
     state.inner.auth.authorize(header, scope).map_err(|failure| {
         tracing::info!(target: "dbguard::audit", %failure, "request refused");
         match failure {

@@ -17,6 +17,7 @@
 //! | `DBGUARD_BENCH_POOL` | 16 | pool size of every pooled variant |
 //! | `DBGUARD_BENCH_ROWS` | 10000 | rows in `bench_items` |
 //! | `DBGUARD_BENCH_METRICS` | true | install dbguard's Prometheus recorder, as `dbguard serve` does |
+//! | `DBGUARD_BENCH_VARIANTS` | all | a subset, by key: raw, deadpool, seaorm-default, seaorm-options, dbguard, dbguard-wasm |
 //! | `DBGUARD_TEST_PG_URL` | postgres://postgres@127.0.0.1:5432/postgres | the server |
 //! | `DBGUARD_PLUGIN_DIR` | unset: build `plugin-wasi/guest` | where `decorrelated_retry.wasm` is |
 //!
@@ -96,6 +97,18 @@ const VARIANTS: [Variant; 6] = [
 ];
 
 impl Variant {
+    /// The name `DBGUARD_BENCH_VARIANTS` selects the variant by.
+    fn key(self) -> &'static str {
+        match self {
+            Variant::RawSqlx => "raw",
+            Variant::Deadpool => "deadpool",
+            Variant::SeaOrmDefault => "seaorm-default",
+            Variant::SeaOrmDbguardOptions => "seaorm-options",
+            Variant::DbguardFull => "dbguard",
+            Variant::DbguardWasm => "dbguard-wasm",
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Variant::RawSqlx => "raw sqlx",
@@ -125,6 +138,8 @@ struct Knobs {
     pool: u32,
     rows: i64,
     metrics: bool,
+    /// The variants to run (all unless `DBGUARD_BENCH_VARIANTS` names some, e.g. for profiling).
+    variants: Vec<Variant>,
 }
 
 impl Knobs {
@@ -137,8 +152,25 @@ impl Knobs {
             pool: knob("DBGUARD_BENCH_POOL", 16u32).max(1),
             rows: knob("DBGUARD_BENCH_ROWS", 10_000i64).max(1),
             metrics: knob("DBGUARD_BENCH_METRICS", true),
+            variants: selected_variants(),
         }
     }
+}
+
+fn selected_variants() -> Vec<Variant> {
+    let keys: Vec<String> = knob_list("DBGUARD_BENCH_VARIANTS", &[]);
+    if keys.is_empty() {
+        return VARIANTS.to_vec();
+    }
+    keys.iter()
+        .map(|key| {
+            VARIANTS.into_iter().find(|v| v.key() == key.as_str()).unwrap_or_else(|| {
+                let known: Vec<&str> = VARIANTS.iter().map(|v| v.key()).collect();
+                eprintln!("DBGUARD_BENCH_VARIANTS: unknown variant {key:?}; known: {}", known.join(", "));
+                std::process::exit(2)
+            })
+        })
+        .collect()
 }
 
 /// What every run needs: the database, dbguard's configuration, and the plugin file.
@@ -532,7 +564,7 @@ fn report_workload(report: &mut Report, cells: &[Cell], workload: Workload, knob
     for cell in cells.iter().filter(|c| c.workload == workload) {
         let default = cell.ops(Variant::SeaOrmDefault);
         let tuned = cell.ops(Variant::SeaOrmDbguardOptions);
-        for variant in VARIANTS {
+        for &variant in &knobs.variants {
             match cell.summary(variant) {
                 Ok((run, spread)) => {
                     let errors = match &run.first_error {
@@ -563,6 +595,24 @@ fn report_workload(report: &mut Report, cells: &[Cell], workload: Workload, knob
         report.line("");
     }
 }
+
+/// What bounds the load numbers; true of the code measured, whatever the machine.
+const LOAD_LIMITS: &str = "**What limits these numbers.** Two cores run the client, the server backends and \
+loopback TCP, so from 4 tasks on the machine is CPU-bound and throughput follows the round trips and wake-ups \
+each call costs; at 1 task a call is latency-bound (a wake-up per round trip on an idle machine), and its \
+rounds vary by tens of percent, so ratios at 1 task are within noise. `raw sqlx` is one round trip on a \
+dedicated connection: the ceiling. With more tasks than cores a reply is often already waiting when its task \
+is polled, so its p50 is tiny and the queueing shows in p99 (its mean latency is tasks ÷ ops/s). \
+`deadpool-postgres` (`RecyclingMethod::Fast`) is one round trip plus a hop to tokio-postgres's connection \
+task. Every SeaORM and dbguard row runs on sqlx's pool, and sqlx-core 0.9 pings each connection when it \
+returns to the pool (`return_to_pool`, unconditionally): two round trips per call. SeaORM's defaults add a \
+third, the ping at checkout (`test_before_acquire`); dbguard's options replace it with \
+`test_before_acquire_if_idle_for(500 ms)`, so a busy pool pays two. That one round trip is the whole gain of \
+`SeaORM + dbguard options` over `SeaORM default`, and the release ping is why no sqlx-pool row comes near \
+`raw sqlx` or deadpool; removing it needs a change in sqlx. `dbguard full path` adds, per call, the breaker \
+under a mutex, clock reads, a tokio timeout around the attempt, counters and two Prometheus series: CPU on \
+the client, no extra round trip. `dbguard + wasm policy` runs the same code on success; the policy is asked \
+only after a failed attempt.";
 
 fn report_targets(report: &mut Report, cells: &[Cell]) {
     report.line("### Targets");
@@ -623,10 +673,15 @@ async fn bench() -> Result<Report, String> {
     create_items(&url, knobs.rows).await.map_err(|e| format!("cannot fill bench_items: {e}"))?;
     let version = server_version(&url).await;
     let config = dbguard_config(&url, knobs.pool)?;
-    let plugin_dir = prepare_plugin_dir();
-    if let Err(reason) = &plugin_dir {
-        eprintln!("MISSING dbguard + wasm policy: {reason}");
-    }
+    let plugin_dir = if knobs.variants.contains(&Variant::DbguardWasm) {
+        let dir = prepare_plugin_dir();
+        if let Err(reason) = &dir {
+            eprintln!("MISSING dbguard + wasm policy: {reason}");
+        }
+        dir
+    } else {
+        Err("not selected".to_owned())
+    };
     let setup = Setup { url, config, knobs: knobs.clone(), plugin_dir };
 
     let mut report = Report::new("load");
@@ -651,7 +706,7 @@ async fn bench() -> Result<Report, String> {
         for &tasks in &knobs.tasks {
             let mut cell = Cell { workload, tasks, rounds: Vec::new() };
             for round in 0..knobs.rounds {
-                for variant in VARIANTS {
+                for &variant in &knobs.variants {
                     let outcome = run_once(variant, workload, tasks, &setup).await;
                     match &outcome {
                         Ok(run) => eprintln!(
@@ -679,6 +734,8 @@ async fn bench() -> Result<Report, String> {
         report_workload(&mut report, &cells, workload, &knobs);
     }
     report_targets(&mut report, &cells);
+    report.line(LOAD_LIMITS);
+    report.line("");
     drop(setup);
     drop(db);
     Ok(report)

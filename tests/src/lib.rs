@@ -8,6 +8,7 @@
 //!   starve (`max_connections`) or fail over a server. The shared server is never touched.
 //! - [`FaultProxy`]: a TCP proxy that adds latency, blackholes, refuses or resets connections.
 //! - [`Ledger`] and [`LedgerReport`]: the bookkeeping of write workloads under faults.
+//! - [`guest_plugin`]: the example and fixture plugins, built for `wasm32-wasip2` on first use.
 //! - [`skip`] / [`require_all`]: a test missing a component says `SKIP <test>: <reason>` on
 //!   stderr and returns; with `DBGUARD_REQUIRE_ALL=1` (CI) it fails instead.
 //!
@@ -32,6 +33,7 @@ pub use harness::cluster::{BINDIR_VAR, ClusterError, DEFAULT_DB, PgBinaries, PgC
 pub use harness::database::{
     DEFAULT_ADMIN_URL, NAME_PREFIX, TEST_PG_URL_VAR, TestDb, TestDbError, TestRole, shared_admin_url,
 };
+pub use harness::guest::guest_plugin;
 pub use harness::ledger::{INSERT_SQL, Ledger, LedgerAudit, LedgerReport, Outcome, ledger_key};
 pub use harness::names::{host_port, redact_url, with_credentials, with_database, with_host_port};
 pub use harness::proxy::{FaultProxy, ProxyMode, ProxyStats};

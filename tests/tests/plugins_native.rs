@@ -5,10 +5,9 @@
 //! The guest plugins are built from `plugin-wasi/guest` for wasm32-wasip2 on first use, as the
 //! plugin host's own tests do.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use dbguard::api::{self, AppState};
@@ -25,39 +24,9 @@ const HANG_LIMIT: Duration = Duration::from_secs(60);
 
 const SECRET: &str = "plugins-test-secret-0c4e7a9b2f61d853";
 
-fn build_guests() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin-wasi/guest/Cargo.toml");
-    let target_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugin-guests");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let output = Command::new(cargo)
-        .args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--manifest-path"])
-        .arg(&manifest)
-        .arg("--target-dir")
-        .arg(&target_dir)
-        // The outer build's flags are for the host target, not for the guests.
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_TARGET")
-        .output()
-        .expect("could not run cargo to build the guest plugins");
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let hint = if stderr.contains("wasm32-wasip2") && stderr.contains("target may not be installed") {
-            "\nThe wasm32-wasip2 target is missing: run `rustup target add wasm32-wasip2`."
-        } else {
-            ""
-        };
-        panic!("building the guest plugins ({}) failed:{hint}\n{stderr}", manifest.display());
-    }
-    target_dir.join("wasm32-wasip2").join("release")
-}
-
 /// The component built from the guest crate `name`.
 fn guest(name: &str) -> Vec<u8> {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    let dir = DIR.get_or_init(build_guests);
-    let path = dir.join(format!("{}.wasm", name.replace('-', "_")));
-    std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+    dbguard_tests::guest_plugin(Path::new(env!("CARGO_TARGET_TMPDIR")), name)
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -290,33 +290,8 @@ pub fn parse_response(bytes: &[u8]) -> (u16, Value) {
     (status, value)
 }
 
-/// The guest component built from `plugin-wasi/guest`'s crate `name`, built for
-/// `wasm32-wasip2` on first use (once per test binary) as the plugin host's tests do.
+/// The guest component built from `plugin-wasi/guest`'s crate `name` (built for `wasm32-wasip2`
+/// on first use, once per test binary).
 pub fn guest_plugin(name: &str) -> Vec<u8> {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../plugin-wasi/guest/Cargo.toml");
-        let target_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugin-guests");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let output = std::process::Command::new(cargo)
-            .args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--manifest-path"])
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(&target_dir)
-            // The outer build's flags are for the host target, not for the guests.
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env_remove("CARGO_BUILD_TARGET")
-            .output()
-            .expect("could not run cargo to build the guest plugins");
-        assert!(
-            output.status.success(),
-            "building the guest plugins ({}) failed (is the wasm32-wasip2 target installed?):\n{}",
-            manifest.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        target_dir.join("wasm32-wasip2").join("release")
-    });
-    let path = dir.join(format!("{}.wasm", name.replace('-', "_")));
-    std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+    dbguard_tests::guest_plugin(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")), name)
 }

@@ -2,6 +2,7 @@
 
 pub(crate) mod cluster;
 pub(crate) mod database;
+pub(crate) mod guest;
 pub(crate) mod ledger;
 pub(crate) mod names;
 pub(crate) mod proxy;

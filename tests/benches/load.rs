@@ -27,7 +27,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
@@ -411,54 +411,37 @@ async fn run_once(variant: Variant, workload: Workload, tasks: usize, setup: &Se
     })
 }
 
-/// The decorrelated-retry example plugin copied into a fresh plugin directory as `retry.wasm`:
-/// from `$DBGUARD_PLUGIN_DIR` when set (as the plugin host's benchmark reads it), else built
-/// for wasm32-wasip2 the way the plugin tests build it (same target directory, so either
-/// reuses the other's build).
+/// The decorrelated-retry example plugin written into a fresh plugin directory as
+/// `retry.wasm`: from `$DBGUARD_PLUGIN_DIR` when set (as the plugin host's benchmark reads it),
+/// else built by the harness the way the plugin tests build it (same target directory, so
+/// either reuses the other's build). A failed build becomes the reason the row is missing.
 fn prepare_plugin_dir() -> Result<tempfile::TempDir, String> {
-    let built = match std::env::var_os("DBGUARD_PLUGIN_DIR").filter(|d| !d.is_empty()) {
-        Some(dir) => PathBuf::from(dir).join("decorrelated_retry.wasm"),
-        None => build_guests()?.join("decorrelated_retry.wasm"),
+    let bytes = match std::env::var_os("DBGUARD_PLUGIN_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => {
+            let path = PathBuf::from(dir).join("decorrelated_retry.wasm");
+            std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => {
+            eprintln!("building the guest plugins (wasm32-wasip2) for the `dbguard + wasm policy` row…");
+            let target_tmpdir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+            std::panic::catch_unwind(|| dbguard_tests::guest_plugin(target_tmpdir, "decorrelated-retry")).map_err(
+                |panic| {
+                    let message = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                        .unwrap_or_else(|| "the guest build panicked".to_owned());
+                    message.lines().take(3).collect::<Vec<_>>().join(" / ")
+                },
+            )?
+        }
     };
     let dir = tempfile::Builder::new()
         .prefix("dbguard-bench-plugins-")
         .tempdir()
         .map_err(|e| format!("cannot create a plugin directory: {e}"))?;
-    std::fs::copy(&built, dir.path().join("retry.wasm")).map_err(|e| format!("{}: {e}", built.display()))?;
+    std::fs::write(dir.path().join("retry.wasm"), bytes).map_err(|e| format!("cannot write retry.wasm: {e}"))?;
     Ok(dir)
-}
-
-/// Builds `plugin-wasi/guest` for wasm32-wasip2; returns the directory of the components.
-fn build_guests() -> Result<PathBuf, String> {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin-wasi/guest/Cargo.toml");
-    let target_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugin-guests");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    eprintln!("building the guest plugins (wasm32-wasip2) for the `dbguard + wasm policy` row…");
-    let output = Command::new(cargo)
-        .args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--manifest-path"])
-        .arg(&manifest)
-        .arg("--target-dir")
-        .arg(&target_dir)
-        // The bench's own flags are for the host, not for the guests.
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_TARGET")
-        .output()
-        .map_err(|e| format!("cannot run cargo to build the guest plugins: {e}"))?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(6).collect();
-        let hint = if stderr.contains("target may not be installed") {
-            " (run `rustup target add wasm32-wasip2`)"
-        } else {
-            ""
-        };
-        return Err(format!(
-            "building plugin-wasi/guest for wasm32-wasip2 failed{hint}: {}",
-            tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
-        ));
-    }
-    Ok(target_dir.join("wasm32-wasip2").join("release"))
 }
 
 /// dbguard's configuration for the benchmark database: a pool of `pool` connections, all of

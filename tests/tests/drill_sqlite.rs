@@ -53,6 +53,49 @@ fn running_as_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
+/// A directory (and the files in it) made read-only for the drill, undone on drop: by permission
+/// bits, or, as root (which ignores them), by a read-only bind mount of the directory onto itself.
+struct ReadOnlyDir {
+    path: std::path::PathBuf,
+    mounted: bool,
+}
+
+impl ReadOnlyDir {
+    fn make(path: &Path) -> Result<Self, String> {
+        use std::os::unix::fs::PermissionsExt;
+        if !running_as_root() {
+            for entry in std::fs::read_dir(path).map_err(|e| e.to_string())? {
+                let file = entry.map_err(|e| e.to_string())?.path();
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o444)).map_err(|e| e.to_string())?;
+            }
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o555)).map_err(|e| e.to_string())?;
+            return Ok(Self { path: path.to_owned(), mounted: false });
+        }
+        let path_arg = path.as_os_str();
+        run_mount(&["--bind".as_ref(), path_arg, path_arg])?;
+        let guard = Self { path: path.to_owned(), mounted: true };
+        run_mount(&["-o".as_ref(), "remount,ro,bind".as_ref(), path_arg])?;
+        Ok(guard)
+    }
+}
+
+/// Runs mount(8); its stderr is the error.
+fn run_mount(args: &[&std::ffi::OsStr]) -> Result<(), String> {
+    let out = std::process::Command::new("mount").args(args).output().map_err(|e| format!("cannot run mount: {e}"))?;
+    out.status.success().then_some(()).ok_or_else(|| String::from_utf8_lossy(&out.stderr).trim().to_owned())
+}
+
+impl Drop for ReadOnlyDir {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        if self.mounted {
+            let _ = std::process::Command::new("umount").arg(&self.path).status();
+        } else {
+            let _ = std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o755));
+        }
+    }
+}
+
 fn rename_db(from: &Path, to: &Path) {
     for suffix in ["", "-wal", "-shm"] {
         let (a, b) = (format!("{}{suffix}", from.display()), format!("{}{suffix}", to.display()));
@@ -107,42 +150,39 @@ async fn sqlite_busy_read_only_and_replaced_file() {
     let busy_failures = managers[0].stats().summary().failures_by_class;
     report.faults += 1;
 
-    // 2. A database that cannot be written. Under root, a read-only directory or file does not
-    // stop writes (root ignores permission bits), so the typed path is driven through a
-    // read-only URL (`mode=ro`); otherwise through the permission bits as well.
+    // 2. A database that cannot be written: opened read-only (`mode=ro`), and in a directory
+    // made read-only (permission bits, or as root a read-only bind mount).
     let ro = common::manager(&format!("{url}?mode=ro"), &[("DB_RETRY_MAX_ATTEMPTS", "2")]).await;
     let read_only = write(&ro, 100, 0).await.expect_err("a read-only database refuses writes");
     report.record(&common::outcome_of(&read_only));
     ro.close().await;
     report.faults += 1;
-    let mut permission_case = "skipped_as_root".to_owned();
-    if running_as_root() {
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            format!(
-                "SKIP {test} (read-only directory case): running as root, where chmod does not stop writes; \
-                 the read-only path was driven with mode=ro instead\n"
-            )
-            .as_bytes(),
-        );
-    } else {
-        use std::os::unix::fs::PermissionsExt;
-        let ro_dir = tempfile::tempdir().expect("temp dir");
-        let ro_path = ro_dir.path().join("ro.db");
-        let ro_url = format!("sqlite://{}", ro_path.display());
-        let m = common::manager(&ro_url, &[]).await;
-        m.run(Idempotency::Idempotent, |db| async move { db.execute_unprepared(SCHEMA).await }).await.expect("schema");
-        m.close().await;
-        std::fs::set_permissions(&ro_path, std::fs::Permissions::from_mode(0o444)).expect("chmod file");
-        std::fs::set_permissions(ro_dir.path(), std::fs::Permissions::from_mode(0o555)).expect("chmod dir");
-        let outcome = match DbManager::connect(common::config(&ro_url, &[("DB_RETRY_MAX_ATTEMPTS", "1")])).await {
-            Ok(m) => write(&m, 101, 0).await.map_err(|e| e.class().to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        std::fs::set_permissions(ro_dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod dir back");
-        permission_case = format!("{outcome:?}");
-        assert!(outcome.is_err(), "a read-only directory and file refuse writes");
-    }
+    let ro_dir = tempfile::tempdir().expect("temp dir");
+    let ro_path = ro_dir.path().join("ro.db");
+    let ro_url = format!("sqlite://{}", ro_path.display());
+    let m = common::manager(&ro_url, &[]).await;
+    m.run(Idempotency::Idempotent, |db| async move { db.execute_unprepared(SCHEMA).await }).await.expect("schema");
+    m.close().await;
+    let permission_case = match ReadOnlyDir::make(ro_dir.path()) {
+        Err(reason) => {
+            dbguard_tests::skip(test, &format!("cannot make a directory read-only: {reason}"));
+            "skipped".to_owned()
+        }
+        Ok(read_only_dir) => {
+            let outcome = match DbManager::connect(common::config(&ro_url, &[("DB_RETRY_MAX_ATTEMPTS", "1")])).await {
+                Ok(m) => {
+                    let written = write(&m, 101, 0).await.map_err(|e| e.class().to_string());
+                    m.close().await;
+                    written
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            drop(read_only_dir);
+            assert!(outcome.is_err(), "a read-only directory refuses writes: {outcome:?}");
+            let how = if running_as_root() { "bind mount" } else { "chmod" };
+            format!("{how}:{}", outcome.err().unwrap_or_default())
+        }
+    };
 
     // 3. The file replaced on disk while open: moved aside (with its WAL) and garbage put in
     // its place, as a botched restore would.

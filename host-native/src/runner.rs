@@ -13,7 +13,7 @@ use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
 use crate::classify::{Classified, classify_db_err};
 use crate::clock::rfc3339_now;
 use crate::error::DbError;
-use crate::manager::DbManager;
+use crate::manager::{DbManager, PoolSlot};
 use crate::transaction::TxnOptions;
 
 /// A retry policy that replaces core's built-in schedule (for example a WebAssembly plugin).
@@ -87,6 +87,10 @@ impl DbManager {
                 continue;
             }
             let slot = self.pool_slot();
+            if let Some((err, classified)) = self.unreachable_before_retry(&slot, &state).await {
+                self.after_failure(&mut state, err, classified, idempotency, started, slot.generation).await?;
+                continue;
+            }
             let failure = match self.within_deadline(op(slot.db.clone())).await {
                 Ok(value) => {
                     self.on_call_success(started);
@@ -142,6 +146,11 @@ impl DbManager {
                 continue;
             }
             let slot = self.pool_slot();
+            if let Some((err, classified)) = self.unreachable_before_retry(&slot, &state).await {
+                let idempotency = Idempotency::Idempotent;
+                self.after_failure(&mut state, err, classified, idempotency, started, slot.generation).await?;
+                continue;
+            }
             let outcome = match self.within_deadline(slot.db.begin_with_options(options.to_sea_orm())).await {
                 Err(StepError::Failed(err)) => Err(self.classify_failure(err, slot.generation)),
                 Err(StepError::TimedOut(err)) => Err(Failure::Attempt(err, Classified::timeout())),
@@ -175,6 +184,33 @@ impl DbManager {
                 }
             }
         }
+    }
+
+    /// Before a retry on a pool that has no connection left (the server went away), one direct
+    /// connect checks whether the server is back. If it is not, the retry fails at once with the
+    /// real cause and the next one follows the policy's schedule. Otherwise the attempt would
+    /// wait inside sqlx's acquire, which retries refused connects with its own backoff (up to a
+    /// fifth of the pool timeout), so the first success after an outage would come on sqlx's
+    /// schedule instead of dbguard's.
+    async fn unreachable_before_retry(
+        &self,
+        slot: &PoolSlot,
+        state: &RetryState<SeededRng>,
+    ) -> Option<(DbErr, Classified)> {
+        if state.retries() == 0 {
+            return None;
+        }
+        let status = crate::pool::status(&slot.db, &self.inner.config);
+        if status.checked_in + status.checked_out > 0 {
+            return None;
+        }
+        let err = crate::pool::verify_reachable(&self.inner.config, slot.server).await.err()?;
+        let mut classified = crate::classify::classify_sqlx(&err);
+        if classified.class == ErrorClass::PoolExhausted {
+            // The direct connect itself timed out: the server does not answer.
+            classified.class = ErrorClass::Timeout;
+        }
+        Some((DbErr::Conn(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(err))), classified))
     }
 
     /// Awaits one database step of an attempt, giving it up once the attempt deadline passes

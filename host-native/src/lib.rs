@@ -32,6 +32,7 @@ mod manager;
 #[cfg(feature = "plugins")]
 pub mod plugins;
 pub mod pool;
+mod reachability;
 pub mod readonly;
 mod retry_helper;
 mod runner;

@@ -11,10 +11,11 @@ use dbguard_core::{
 };
 use sea_orm::DatabaseConnection;
 
-use crate::classify::{Classified, classify_db_err, classify_sqlx};
+use crate::classify::{Classified, classify_db_err};
 use crate::clock::Clock;
 use crate::health::HealthState;
 use crate::pool;
+use crate::reachability::{Reachability, Unreachable};
 use crate::runner::RetryAdvisor;
 use crate::secrets::Redactor;
 use crate::stats::Stats;
@@ -72,6 +73,8 @@ pub(crate) struct Inner {
     pub(crate) stats: Stats,
     pub(crate) health: HealthState,
     reconnect_lock: tokio::sync::Mutex<()>,
+    /// Direct connects shared by retries waiting for a server that went away.
+    pub(crate) reachability: Reachability,
     /// Rebuilds attempted (successful or not), so callers that saw a failure can tell whether a
     /// rebuild has been tried since.
     rebuild_attempts: AtomicU64,
@@ -165,15 +168,9 @@ impl Inner {
         match pool::verify_reachable(&self.config, slot.server).await {
             Ok(()) => (classified, None),
             Err(err) => {
-                let mut real = classify_sqlx(&err);
-                if real.class == ErrorClass::PoolExhausted {
-                    // The direct connect itself timed out: the server does not answer.
-                    real.class = ErrorClass::Timeout;
-                    let cause = format!("connecting timed out after {} ms", self.config.pool.timeout.as_millis());
-                    return (real, Some(cause));
-                }
-                let cause = self.redactor.scrub(&err.to_string());
-                (real, Some(cause))
+                let unreachable = Unreachable::from_connect_error(err, self.config.pool.timeout);
+                let cause = self.redactor.scrub(&unreachable.cause());
+                (unreachable.classified, Some(cause))
             }
         }
     }
@@ -306,6 +303,7 @@ impl DbManager {
             plugin_directory: ArcSwapOption::empty(),
             stats: Stats::default(),
             reconnect_lock: tokio::sync::Mutex::new(()),
+            reachability: Reachability::default(),
             rebuild_attempts: AtomicU64::new(0),
             seed: AtomicU64::new(0x00DB_6A4D),
             last_connectivity_class: AtomicU8::new(0),

@@ -5,8 +5,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 use dbguard_core::{
-    Admission, AttemptInfo, Decision, ErrorClass, GiveUpReason, Idempotency, Instant, PolicyVerdict, RetryPolicy,
-    RetryState, SeededRng,
+    Admission, AttemptInfo, DatabaseType, Decision, ErrorClass, GiveUpReason, Idempotency, Instant, PolicyVerdict,
+    RetryPolicy, RetryState, SeededRng,
 };
 use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
 
@@ -14,6 +14,7 @@ use crate::classify::{Classified, classify_db_err};
 use crate::clock::rfc3339_now;
 use crate::error::DbError;
 use crate::manager::{DbManager, PoolSlot};
+use crate::reachability::Unreachable;
 use crate::transaction::TxnOptions;
 
 /// A retry policy that replaces core's built-in schedule (for example a WebAssembly plugin).
@@ -82,13 +83,16 @@ impl DbManager {
     {
         let started = tokio::time::Instant::now();
         let mut state = self.retry_state(policy, idempotency);
+        let mut last_failure = None;
         loop {
             if !self.admit(&mut state, started).await? {
                 continue;
             }
             let slot = self.pool_slot();
-            if let Some((err, classified)) = self.unreachable_before_retry(&slot, &state).await {
-                self.after_failure(&mut state, err, classified, idempotency, started, slot.generation).await?;
+            if let Err(unreachable) = self.wait_for_server(&slot, last_failure).await {
+                let (err, classified) = (unreachable.to_db_err(), unreachable.classified);
+                last_failure =
+                    Some(self.after_failure(&mut state, err, classified, idempotency, started, slot.generation).await?);
                 continue;
             }
             let failure = match self.within_deadline(op(slot.db.clone())).await {
@@ -102,7 +106,9 @@ impl DbManager {
             match failure {
                 Failure::RaceWithReconnect => continue,
                 Failure::Attempt(err, classified) => {
-                    self.after_failure(&mut state, err, classified, idempotency, started, slot.generation).await?;
+                    last_failure = Some(
+                        self.after_failure(&mut state, err, classified, idempotency, started, slot.generation).await?,
+                    );
                 }
             }
         }
@@ -141,14 +147,17 @@ impl DbManager {
         // Until COMMIT is sent the server rolls back whatever happened, so the body is safe
         // to repeat as a whole.
         let mut state = self.retry_state(self.config().retry, Idempotency::Idempotent);
+        let idempotency = Idempotency::Idempotent;
+        let mut last_failure = None;
         loop {
             if !self.admit(&mut state, started).await? {
                 continue;
             }
             let slot = self.pool_slot();
-            if let Some((err, classified)) = self.unreachable_before_retry(&slot, &state).await {
-                let idempotency = Idempotency::Idempotent;
-                self.after_failure(&mut state, err, classified, idempotency, started, slot.generation).await?;
+            if let Err(unreachable) = self.wait_for_server(&slot, last_failure).await {
+                let (err, classified) = (unreachable.to_db_err(), unreachable.classified);
+                last_failure =
+                    Some(self.after_failure(&mut state, err, classified, idempotency, started, slot.generation).await?);
                 continue;
             }
             let outcome = match self.within_deadline(slot.db.begin_with_options(options.to_sea_orm())).await {
@@ -179,38 +188,25 @@ impl DbManager {
                 }
                 Err(Failure::RaceWithReconnect) => continue,
                 Err(Failure::Attempt(err, classified)) => {
-                    let idempotency = Idempotency::Idempotent;
-                    self.after_failure(&mut state, err, classified, idempotency, started, slot.generation).await?;
+                    last_failure = Some(
+                        self.after_failure(&mut state, err, classified, idempotency, started, slot.generation).await?,
+                    );
                 }
             }
         }
     }
 
-    /// Before a retry on a pool that has no connection left (the server went away), one direct
-    /// connect checks whether the server is back. If it is not, the retry fails at once with the
-    /// real cause and the next one follows the policy's schedule. Otherwise the attempt would
-    /// wait inside sqlx's acquire, which retries refused connects with its own backoff (up to a
-    /// fifth of the pool timeout), so the first success after an outage would come on sqlx's
-    /// schedule instead of dbguard's.
-    async fn unreachable_before_retry(
-        &self,
-        slot: &PoolSlot,
-        state: &RetryState<SeededRng>,
-    ) -> Option<(DbErr, Classified)> {
-        if state.retries() == 0 {
-            return None;
+    /// Before a retry after `last_failure`, waits for the server when that failure says it may be
+    /// gone: see [`crate::reachability`]. The pool's own state cannot tell: after a restart it
+    /// still holds idle connections to the old server process, which sqlx tests and drops at
+    /// checkout before it starts its own connect backoff. Returns at once for other failures
+    /// and always for SQLite (a file has no server to come back).
+    async fn wait_for_server(&self, slot: &PoolSlot, last_failure: Option<ErrorClass>) -> Result<(), Unreachable> {
+        let config = &self.inner.config;
+        if !last_failure.is_some_and(server_may_be_gone) || config.database_type() != DatabaseType::Postgresql {
+            return Ok(());
         }
-        let status = crate::pool::status(&slot.db, &self.inner.config);
-        if status.checked_in + status.checked_out > 0 {
-            return None;
-        }
-        let err = crate::pool::verify_reachable(&self.inner.config, slot.server).await.err()?;
-        let mut classified = crate::classify::classify_sqlx(&err);
-        if classified.class == ErrorClass::PoolExhausted {
-            // The direct connect itself timed out: the server does not answer.
-            classified.class = ErrorClass::Timeout;
-        }
-        Some((DbErr::Conn(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(err))), classified))
+        self.inner.reachability.wait(config, slot.server, &self.inner.clock).await
     }
 
     /// Awaits one database step of an attempt, giving it up once the attempt deadline passes
@@ -284,7 +280,7 @@ impl DbManager {
     }
 
     /// Records a failed attempt on pool `generation`, asks the policy, and either sleeps until
-    /// the retry or returns the error to surface. A failure that suggests the server is gone
+    /// the retry and returns the failure's class, or returns the error to surface. A failure that suggests the server is gone
     /// or read-only first makes a multi-host manager choose its server again.
     async fn after_failure(
         &self,
@@ -294,7 +290,7 @@ impl DbManager {
         idempotency: Idempotency,
         started: tokio::time::Instant,
         generation: u64,
-    ) -> Result<(), DbError> {
+    ) -> Result<ErrorClass, DbError> {
         let (classified, cause) = self.inner.explain_pool_timeout(classified).await;
         self.fail_over(classified.class, generation).await;
         let now = self.inner.clock.now();
@@ -316,7 +312,7 @@ impl DbManager {
                     "database call failed; retrying"
                 );
                 self.inner.clock.sleep_until(deadline).await;
-                Ok(())
+                Ok(class)
             }
             Decision::GiveUp(reason) => {
                 let surfaced = surfaced_class(class, idempotency, &reason);
@@ -354,6 +350,18 @@ impl DbManager {
             other => other,
         }
     }
+}
+
+/// Classes that say the server itself may be gone (stopped, restarting, failing over), as
+/// opposed to one connection or one statement failing.
+fn server_may_be_gone(class: ErrorClass) -> bool {
+    matches!(
+        class,
+        ErrorClass::ConnectionRefused
+            | ErrorClass::ConnectionLost
+            | ErrorClass::ServerShuttingDown
+            | ErrorClass::ServerStarting
+    )
 }
 
 /// Classes after which a write sent on that connection may or may not have been applied.

@@ -242,13 +242,18 @@ async fn bench() -> Result<Report, String> {
     report.line(table.render().trim_end());
     report.line("");
     report.line(
-        "**What limits this number.** A fast stop terminates the pooled connections (57P01), and the runner \
-         retries on its schedule (base, 2 × base, 4 × base). The attempt after those sleeps reaches sqlx's \
-         acquire while the server is still down, and sqlx retries refused connections inside that one attempt \
-         with its own backoff, doubling from 10 ms up to a fifth of `DB_POOL_TIMEOUT` (4 s by default). The \
-         first success after the server is back therefore comes at sqlx's next connect try, not on dbguard's \
-         schedule: how late depends on where the outage ends in that doubling sequence, and it grows with the \
-         length of the outage up to the cap. Run with `DBGUARD_LOG=dbguard=debug` to see the retries.",
+        "**What limits this number.** A fast stop terminates the pooled connections (57P01). Before a retry \
+         after a failure that says the server may be gone, the runner waits for the server itself: one direct \
+         connect every 50 ms, shared by every waiting caller, for up to `DB_POOL_TIMEOUT` (the bound the pool's \
+         acquire would apply). The first success therefore follows the server's return by at most one poll \
+         interval plus a connect and the query, and usually comes before the harness's own check (which also \
+         polls every 50 ms, but starts a new server connection each time): hence the negative values. The \
+         exception is a call whose first attempt reaches the pool after every connection is already gone: it \
+         has seen no failure, so it does not wait for the server, and sits inside sqlx's acquire, which \
+         retries refused connects on its own doubling backoff (from 10 ms up to a fifth of \
+         `DB_POOL_TIMEOUT`, not configurable in sqlx 0.9). That is the rare cycle seconds late; removing it \
+         needs dbguard to own the connect loop or an option in sqlx. Run with `DBGUARD_LOG=dbguard=debug` to \
+         see the retries.",
     );
     report.line("");
     drop(pg);

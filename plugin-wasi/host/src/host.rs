@@ -231,7 +231,8 @@ impl PluginHost {
     ///
     /// Compiles (or reuses the cached compilation), links against the retry-policy world,
     /// instantiates, then runs the golden vectors: every error class at attempts 1, 2 and 5,
-    /// idempotent and not, each within the call deadline and with any delay at most
+    /// idempotent and not, each within the call deadline (a vector that overruns it is run once
+    /// more, since the deadline is wall-clock time) and with any delay at most
     /// [`HostConfig::max_retry_delay`]. Then swaps it in atomically; calls already running
     /// finish on the previous plugin. On any failure the previous plugin stays active.
     pub fn load_retry_policy_named(&self, name: Option<&str>, bytes: &[u8]) -> Result<PluginHandle, PluginError> {

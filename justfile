@@ -107,6 +107,8 @@ bench:
         echo
         criterion_table < "$report/plugin.txt"
         echo
+        grep '^per-call' "$report/plugin.txt" | sed 's/^/Single calls timed one by one, /; s/$/ (each includes two clock reads)./'
+        echo
         echo "A warm call into the WebAssembly policy is limited by the component-model call boundary"
         echo "(lifting and lowering the arguments), a fresh instance by instantiation, and loading by"
         echo "verification plus compilation (cached by content hash). The retry runner consults the policy"

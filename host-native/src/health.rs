@@ -118,7 +118,12 @@ impl DbManager {
             return shared_report(cached);
         }
         let _probing = inner.health.probe_lock.lock().await;
-        // A probe that finished while we waited for the lock answers this request too.
+        // A report stored while we waited for the lock answers this request too. Freshness, not
+        // the probe's timestamp, decides for a cached read: the prober reads the clock before it
+        // stores, so a caller that asked in between would otherwise probe a second time.
+        if !force && let Some(cached) = inner.health.fresh(inner.clock.now()) {
+            return shared_report(cached);
+        }
         if let Some(cached) = inner.health.cache.load_full()
             && cached.cached.probed_at >= asked_at
             && !inner.health.stale.load(Ordering::Acquire)

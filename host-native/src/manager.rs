@@ -15,7 +15,7 @@ use crate::classify::{Classified, classify_db_err};
 use crate::clock::Clock;
 use crate::health::HealthState;
 use crate::pool;
-use crate::reachability::{Reachability, Unreachable};
+use crate::reachability::Reachability;
 use crate::runner::RetryAdvisor;
 use crate::secrets::Redactor;
 use crate::stats::Stats;
@@ -165,10 +165,10 @@ impl Inner {
         if status.checked_in + status.checked_out > 0 {
             return (classified, None);
         }
-        match pool::verify_reachable(&self.config, slot.server).await {
+        // The shared probe: a storm of acquire timeouts makes one direct connect, not one each.
+        match self.reachability.check(&self.config, slot.server, &self.clock).await {
             Ok(()) => (classified, None),
-            Err(err) => {
-                let unreachable = Unreachable::from_connect_error(err, self.config.pool.timeout);
+            Err(unreachable) => {
                 let cause = self.redactor.scrub(&unreachable.cause());
                 (unreachable.classified, Some(cause))
             }

@@ -4,10 +4,11 @@
 //! starting), a retry would otherwise wait inside sqlx's acquire, which drops the pool's dead
 //! connections and then retries refused connects with its own doubling backoff, up to a fifth
 //! of the acquire timeout between tries: after a few seconds of outage the first success comes
-//! up to seconds after the server is back. Instead the runner calls [`Reachability::wait`], which connects directly every
-//! [`POLL_INTERVAL`] until the server answers or the acquire timeout has passed, the same bound
-//! the pool would have applied. Waiters share one probe per interval, so many retrying callers
-//! do not become a storm of connects against a server that is starting.
+//! up to seconds after the server is back. Instead the runner calls [`Reachability::wait`],
+//! which connects directly every [`POLL_INTERVAL`] until the server answers or the acquire
+//! timeout has passed, the same bound the pool would have applied. Waiters share one probe per
+//! interval, so many retrying callers do not become a storm of connects against a server that
+//! is starting; [`Reachability::check`] gives the same shared probe to a single question.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,6 +90,12 @@ impl Reachability {
             }
             clock.sleep_until(next).await;
         }
+    }
+
+    /// Whether the `server`-th host accepts a connection now: the shared probe, bounded by the
+    /// acquire timeout.
+    pub(crate) async fn check(&self, config: &DbConfig, server: usize, clock: &Clock) -> Result<(), Unreachable> {
+        self.probe(config, server, clock, clock.now() + config.pool.timeout).await
     }
 
     /// The outcome of a probe younger than the poll interval, or of a new one. A waiter never

@@ -89,19 +89,16 @@ impl DbManager {
                 continue;
             }
             let slot = self.pool_slot();
-            if let Err(unreachable) = self.wait_for_server(&slot, last_failure).await {
-                let (err, classified) = (unreachable.to_db_err(), unreachable.classified);
-                last_failure =
-                    Some(self.after_failure(&mut state, err, classified, idempotency, started, slot.generation).await?);
-                continue;
-            }
-            let failure = match self.within_deadline(op(slot.db.clone())).await {
-                Ok(value) => {
-                    self.on_call_success(started);
-                    return Ok(value);
-                }
-                Err(StepError::Failed(err)) => self.classify_failure(err, slot.generation),
-                Err(StepError::TimedOut(err)) => Failure::Attempt(err, Classified::timeout()),
+            let failure = match self.wait_for_server(&slot, last_failure).await {
+                Err(unreachable) => Failure::Attempt(unreachable.to_db_err(), unreachable.classified),
+                Ok(()) => match self.within_deadline(op(slot.db.clone())).await {
+                    Ok(value) => {
+                        self.on_call_success(started);
+                        return Ok(value);
+                    }
+                    Err(StepError::Failed(err)) => self.classify_failure(err, slot.generation),
+                    Err(StepError::TimedOut(err)) => Failure::Attempt(err, Classified::timeout()),
+                },
             };
             match failure {
                 Failure::RaceWithReconnect => continue,
@@ -154,30 +151,27 @@ impl DbManager {
                 continue;
             }
             let slot = self.pool_slot();
-            if let Err(unreachable) = self.wait_for_server(&slot, last_failure).await {
-                let (err, classified) = (unreachable.to_db_err(), unreachable.classified);
-                last_failure =
-                    Some(self.after_failure(&mut state, err, classified, idempotency, started, slot.generation).await?);
-                continue;
-            }
-            let outcome = match self.within_deadline(slot.db.begin_with_options(options.to_sea_orm())).await {
-                Err(StepError::Failed(err)) => Err(self.classify_failure(err, slot.generation)),
-                Err(StepError::TimedOut(err)) => Err(Failure::Attempt(err, Classified::timeout())),
-                Ok(txn) => match self.within_deadline(body(&txn)).await {
-                    Err(StepError::Failed(err)) => {
-                        // A failed rollback means the connection is gone; the server rolls back.
-                        let _ = txn.rollback().await;
-                        Err(self.classify_failure(err, slot.generation))
-                    }
-                    // Dropping an unanswered transaction rolls it back once the server answers.
+            let outcome = match self.wait_for_server(&slot, last_failure).await {
+                Err(unreachable) => Err(Failure::Attempt(unreachable.to_db_err(), unreachable.classified)),
+                Ok(()) => match self.within_deadline(slot.db.begin_with_options(options.to_sea_orm())).await {
+                    Err(StepError::Failed(err)) => Err(self.classify_failure(err, slot.generation)),
                     Err(StepError::TimedOut(err)) => Err(Failure::Attempt(err, Classified::timeout())),
-                    Ok(value) => match self.within_deadline(txn.commit()).await {
-                        Ok(()) => Ok(value),
-                        Err(StepError::Failed(err)) => Err(self.classify_commit_failure(err)),
-                        // COMMIT was sent and nothing came back: it may have applied.
-                        Err(StepError::TimedOut(err)) => {
-                            Err(Failure::Attempt(err, Classified::of(ErrorClass::CommitOutcomeUnknown)))
+                    Ok(txn) => match self.within_deadline(body(&txn)).await {
+                        Err(StepError::Failed(err)) => {
+                            // A failed rollback means the connection is gone; the server rolls back.
+                            let _ = txn.rollback().await;
+                            Err(self.classify_failure(err, slot.generation))
                         }
+                        // Dropping an unanswered transaction rolls it back once the server answers.
+                        Err(StepError::TimedOut(err)) => Err(Failure::Attempt(err, Classified::timeout())),
+                        Ok(value) => match self.within_deadline(txn.commit()).await {
+                            Ok(()) => Ok(value),
+                            Err(StepError::Failed(err)) => Err(self.classify_commit_failure(err)),
+                            // COMMIT was sent and nothing came back: it may have applied.
+                            Err(StepError::TimedOut(err)) => {
+                                Err(Failure::Attempt(err, Classified::of(ErrorClass::CommitOutcomeUnknown)))
+                            }
+                        },
                     },
                 },
             };
@@ -280,8 +274,9 @@ impl DbManager {
     }
 
     /// Records a failed attempt on pool `generation`, asks the policy, and either sleeps until
-    /// the retry and returns the failure's class, or returns the error to surface. A failure that suggests the server is gone
-    /// or read-only first makes a multi-host manager choose its server again.
+    /// the retry and returns the failure's class, or returns the error to surface. A failure
+    /// that suggests the server is gone or read-only first makes a multi-host manager choose
+    /// its server again.
     async fn after_failure(
         &self,
         state: &mut RetryState<SeededRng>,

@@ -2,7 +2,7 @@
 
 # Run the service on the embedded SQLite default.
 run:
-    cargo run --release -p dbguard -- serve
+    cargo run --release -p dbguard-cli -- serve
 
 # The test suite (PostgreSQL at 127.0.0.1:5432 or DBGUARD_TEST_PG_URL).
 test:
@@ -15,7 +15,7 @@ lint:
 
 # Regenerate schemas/ from the code.
 schemas:
-    cargo run -p dbguard -- schemas
+    cargo run -p dbguard-cli -- schemas
 
 # Build the pure core for both WebAssembly targets.
 wasm-check:
@@ -39,9 +39,9 @@ drills:
     #!/usr/bin/env bash
     set -uo pipefail
     mkdir -p target
-    cargo test -p dbguard-tests -p dbguard --no-fail-fast \
+    cargo test -p dbguard-tests -p dbguard-cli --no-fail-fast \
         --test drill_restart --test drill_kill9 --test drill_terminate --test drill_blackhole \
-        --test drill_latency --test drill_max_connections --test drill_startup_down \
+        --test drill_latency --test drill_max_connections \
         --test serve_startup_down --test drill_sqlite --test drill_reconnect --test drill_failover \
         -- --nocapture --test-threads=1 2>&1 | tee target/drills.log | grep -E 'SKIP |panicked at|^test result: FAILED'
     status=${PIPESTATUS[0]}

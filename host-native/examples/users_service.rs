@@ -2,8 +2,8 @@
 //! guarded by the retry runner. Run against the SQLite default or any DATABASE_URL:
 //!
 //! ```sh
-//! cargo run -p dbguard --example users_service
-//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo run -p dbguard --example users_service
+//! cargo run -p dbguard --features sqlite --example users_service
+//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo run -p dbguard --features sqlite --example users_service
 //! ```
 
 use dbguard::{DbError, DbManager, Idempotency};

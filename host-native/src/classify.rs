@@ -66,12 +66,22 @@ fn classify_database_error(db: &dyn sqlx::error::DatabaseError) -> Classified {
     let code = db.code().map(|c| c.into_owned());
     let class = if db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some() {
         code.as_deref().map_or(ErrorClass::Unknown, ErrorClass::from_sqlstate)
-    } else if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+    } else if is_sqlite_error(db) {
         code.as_deref().and_then(|c| c.parse::<i32>().ok()).map_or(ErrorClass::Unknown, ErrorClass::from_sqlite_code)
     } else {
         ErrorClass::Unknown
     };
     Classified { class, code, pool_closed: false }
+}
+
+#[cfg(feature = "sqlite")]
+fn is_sqlite_error(db: &dyn sqlx::error::DatabaseError) -> bool {
+    db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
+}
+
+#[cfg(not(feature = "sqlite"))]
+fn is_sqlite_error(_db: &dyn sqlx::error::DatabaseError) -> bool {
+    false
 }
 
 fn classify_io(io: &std::io::Error) -> ErrorClass {

@@ -6,6 +6,12 @@
 //! is safe, with backoff, a shared retry budget and a circuit breaker; health is probed on a
 //! schedule, cached, and shared between concurrent callers; the pool can be rebuilt in place.
 //!
+//! This crate is the library a service links: no HTTP server, no command line. The HTTP API
+//! lives in `dbguard-http` and the `dbguard` command in `dbguard-cli`.
+//!
+//! PostgreSQL is always built in. Features: `sqlite` (opt-in: it builds the SQLite C library),
+//! `plugins` (WebAssembly retry policies and health checks through wasmtime; see [`plugins`]).
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use dbguard::{DbManager, Idempotency};
@@ -21,8 +27,6 @@
 //! # Ok(()) }
 //! ```
 
-pub mod api;
-pub mod auth;
 mod classify;
 pub mod clock;
 pub mod env;
@@ -33,13 +37,11 @@ mod manager;
 pub mod plugins;
 pub mod pool;
 mod reachability;
-pub mod readonly;
 mod retry_helper;
 mod runner;
 mod secrets;
 pub mod stats;
 mod transaction;
-pub mod wasi_run;
 
 pub use classify::{Classified, classify_db_err, classify_sqlx};
 pub use dbguard_core::{ErrorClass, HealthReport, HealthStatus, Idempotency};

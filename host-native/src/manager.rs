@@ -98,6 +98,9 @@ pub enum ConnectError {
         /// The last failure, scrubbed of secrets.
         cause: String,
     },
+    /// The URL names SQLite, but this build has no SQLite driver.
+    #[error("{}", crate::pool::SQLITE_NOT_BUILT)]
+    SqliteNotBuilt,
     /// The SQLite database's directory could not be created.
     #[error("cannot prepare the SQLite database directory for {path}: {cause}")]
     SqliteDirectory {
@@ -278,6 +281,9 @@ impl DbManager {
     }
 
     fn prepare(config: &DbConfig) -> Result<(), ConnectError> {
+        if cfg!(not(feature = "sqlite")) && config.database_type() == dbguard_core::DatabaseType::Sqlite {
+            return Err(ConnectError::SqliteNotBuilt);
+        }
         pool::prepare_sqlite_file(config).map_err(|err| ConnectError::SqliteDirectory {
             path: config.url.sqlite_path().unwrap_or_default().to_owned(),
             cause: err.to_string(),

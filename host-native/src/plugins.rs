@@ -1,547 +1,48 @@
-//! WebAssembly plugins from `DBGUARD_PLUGIN_DIR`, wired into a [`DbManager`].
+//! WebAssembly retry policies and health checks (feature `plugins`) as the manager's seams:
+//! an [`ActiveRetryPolicy`] becomes a [`RetryAdvisor`], a [`HealthCheckPlugin`] an
+//! [`ExtraCheck`] with fault counting and quarantine.
 //!
-//! A [`PluginRuntime`] owns a [`PluginHost`] and keeps it in step with one directory:
-//!
-//! - **Start.** Every `*.wasm` file is offered to the retry-policy world, then to the
-//!   health-check world. A file the verification gate refuses is logged with its typed reason
-//!   and skipped; it never stops the service.
-//! - **Watch.** The directory is polled every [`POLL_INTERVAL`] (modification time and length,
-//!   portable everywhere). A change is acted on once it has stayed the same for one more poll,
-//!   so a file being copied in is not read half-written. Changed files are verified again and
-//!   swapped in; a refused new version leaves the file's previous version active; a removed
-//!   file is unloaded.
-//! - **Reload.** [`PluginRuntime::reload`] (`POST /api/plugins/reload`) re-verifies every file,
-//!   which also lifts a quarantine.
-//!
-//! The manager sees the runtime through three seams. The retry runner gets a
-//! [`RetryAdvisor`] only while a retry-policy plugin is active, so without one the retry path
-//! is exactly the built-in one. The health service gets [`ExtraChecks`]: each health-check
-//! plugin runs on a blocking thread within the probe's timeout and its result joins the
-//! report's checks and aggregation (a faulting plugin yields a failed, non-required check, and
-//! is quarantined after repeated faults). The status page gets a [`PluginDirectory`].
-//!
-//! Health-check plugins reach the database only through [`ReadOnlyQuery`]: a read-only
-//! connection of their own, a row cap ([`PLUGIN_MAX_ROWS`]) and a timeout, with read-only
-//! enforced by the database.
-//!
-//! Only one retry policy can be active. With several retry-policy files, the one loaded last
-//! answers (at start, the last in file-name order) and the others stand by: if the active
-//! file is removed, the last remaining one takes over.
+//! Loading, verifying and swapping components is `dbguard-plugin-host`'s job; watching a
+//! directory and serving `/api/plugins` is `dbguard-http`'s. This module only connects a
+//! loaded plugin to a [`DbManager`](crate::DbManager), so a service can use plugins without
+//! the HTTP server.
 //!
 //! ```no_run
-//! # async fn demo(manager: dbguard::DbManager) -> Result<(), dbguard::plugins::PluginError> {
-//! let runtime = dbguard::plugins::PluginRuntime::start(manager, "/etc/dbguard/plugins").await?;
-//! for plugin in runtime.plugins() {
-//!     println!("{} {} {}", plugin.name, plugin.world, plugin.content_hash);
-//! }
+//! # fn demo(manager: dbguard::DbManager, bytes: &[u8]) -> Result<(), dbguard::plugins::PluginError> {
+//! use std::sync::Arc;
+//! use dbguard::plugins::{HostConfig, PluginAdvisor, PluginHost};
+//! let host = PluginHost::new(HostConfig::default())?;
+//! host.load_retry_policy(bytes)?;
+//! manager.set_retry_advisor(Some(Arc::new(PluginAdvisor::new(host.retry_policy()))));
 //! # Ok(()) }
 //! ```
 
-use std::collections::BTreeMap;
-use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use dbguard_core::health::CheckResult;
-use dbguard_core::{AttemptInfo, DatabaseType, PluginStatus, PolicyVerdict};
+use dbguard_core::{AttemptInfo, PluginStatus, PolicyVerdict};
 pub use dbguard_plugin_host::{
     ActiveRetryPolicy, HealthCheckPlugin, HostConfig, PluginError, PluginHost, QueryFn, Rows, SqlValue,
 };
-use serde_json::Value;
-use sha2::{Digest, Sha256};
 
-use crate::api::{PluginControl, PluginReload, RefusedPlugin};
 use crate::clock::rfc3339;
-use crate::health::{ExtraCheck, ExtraChecks};
-use crate::manager::{DbManager, PluginDirectory};
-use crate::readonly::{QueryRequest, ReadOnlyQuery, TIMEOUT_MS_CAP};
+use crate::health::ExtraCheck;
 use crate::runner::RetryAdvisor;
-
-/// How often the plugin directory is polled for changes.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
-
-/// The most rows a health-check plugin's query returns.
-pub const PLUGIN_MAX_ROWS: u32 = 100;
 
 /// Consecutive faults after which a health-check plugin is quarantined until a reload (the
 /// same default as the host's for retry policies).
 pub const CHECK_QUARANTINE_AFTER: u32 = 3;
 
-/// Loads plugins from a directory, keeps them in step with it, and wires them into a
-/// [`DbManager`]. Cheap to clone; the plugins stay wired while any clone lives, and are
-/// unwired (built-in retry policy, no extra checks) when the last one is dropped.
-#[derive(Clone)]
-pub struct PluginRuntime {
-    inner: Arc<RuntimeInner>,
-}
-
-impl std::fmt::Debug for PluginRuntime {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PluginRuntime").field("dir", &self.inner.dir).finish_non_exhaustive()
-    }
-}
-
-struct RuntimeInner {
-    host: PluginHost,
-    manager: DbManager,
-    dir: PathBuf,
-    catalog: Arc<Catalog>,
-    query: Arc<dyn QueryFn>,
-    database_type: &'static str,
-    /// Per-file state; held for the whole of a scan, which serialises reloads.
-    files: Mutex<Files>,
-    watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-impl Drop for RuntimeInner {
-    fn drop(&mut self) {
-        if let Ok(mut watcher) = self.watcher.lock()
-            && let Some(task) = watcher.take()
-        {
-            task.abort();
-        }
-        self.manager.set_retry_advisor(None);
-        self.manager.set_plugin_directory(None);
-        self.manager.set_extra_checks(None);
-    }
-}
-
-/// What the manager's seams read: the active retry policy and the health checks.
-struct Catalog {
-    retry: ActiveRetryPolicy,
-    checks: ArcSwap<Vec<Arc<CheckEntry>>>,
-}
-
-#[derive(Default)]
-struct Files {
-    entries: BTreeMap<String, FileEntry>,
-    /// The file whose retry policy is in the host's slot.
-    active_retry: Option<String>,
-}
-
-/// Modification time and length: what the watcher compares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    modified: Option<SystemTime>,
-    len: u64,
-}
-
-struct FileEntry {
-    stamp: Stamp,
-    /// SHA-256 of the contents last read.
-    hash: [u8; 32],
-    /// The last version of this file that passed the gate.
-    loaded: Option<Loaded>,
-    /// Why the contents last read were refused (`None` if they were loaded).
-    refused: Option<RefusedPlugin>,
-}
-
-enum Loaded {
-    Retry,
-    Check(Arc<CheckEntry>),
-}
-
-impl PluginRuntime {
-    /// Starts a runtime for `manager` on `dir`: loads every plugin there, starts watching, and
-    /// wires the manager. The built-in retry policy is the fallback for a faulting plugin, and
-    /// health checks get the probe's timeout. Fails only if the WebAssembly engine cannot be
-    /// built; a missing directory counts as empty (and is watched for).
-    pub async fn start(manager: DbManager, dir: impl Into<PathBuf>) -> Result<Self, PluginError> {
-        let config = manager.config();
-        let host_config =
-            HostConfig::default().fallback_policy(config.retry).check_timeout(config.health.thresholds.timeout);
-        Self::start_with(manager, dir, host_config).await
-    }
-
-    /// [`PluginRuntime::start`] with explicit sandbox limits.
-    pub async fn start_with(
-        manager: DbManager,
-        dir: impl Into<PathBuf>,
-        host_config: HostConfig,
-    ) -> Result<Self, PluginError> {
-        let dir = dir.into();
-        let host = PluginHost::new(host_config.clone())?;
-        let catalog = Arc::new(Catalog { retry: host.retry_policy(), checks: ArcSwap::from_pointee(Vec::new()) });
-        let query: Arc<dyn QueryFn> = Arc::new(PluginQuery {
-            runner: ReadOnlyQuery::new(manager.config()),
-            runtime: tokio::runtime::Handle::current(),
-            max_timeout: query_timeout_cap(&manager),
-        });
-        let database_type = match manager.config().database_type() {
-            DatabaseType::Postgresql => "postgres",
-            DatabaseType::Sqlite => "sqlite",
-        };
-        let inner = Arc::new(RuntimeInner {
-            host,
-            manager: manager.clone(),
-            dir,
-            catalog: catalog.clone(),
-            query,
-            database_type,
-            files: Mutex::new(Files::default()),
-            watcher: Mutex::new(None),
-        });
-        let runtime = Self { inner };
-        if !runtime.inner.dir.is_dir() {
-            tracing::warn!(dir = %runtime.inner.dir.display(), "plugin directory does not exist (yet); watching for it");
-        }
-        let report = runtime.scan(true).await;
-        tracing::info!(
-            dir = %runtime.inner.dir.display(),
-            loaded = report.plugins.len(),
-            refused = report.refused.len(),
-            "plugins loaded"
-        );
-        manager.set_plugin_directory(Some(Box::new(Directory(catalog.clone()))));
-        manager.set_extra_checks(Some(catalog));
-        let watcher = spawn_watcher(Arc::downgrade(&runtime.inner));
-        if let Ok(mut slot) = runtime.inner.watcher.lock() {
-            *slot = Some(watcher);
-        }
-        Ok(runtime)
-    }
-
-    /// The directory being watched.
-    pub fn dir(&self) -> &Path {
-        &self.inner.dir
-    }
-
-    /// The loaded plugins: the active retry policy, then the health checks by file name.
-    pub fn plugins(&self) -> Vec<PluginStatus> {
-        self.inner.catalog.statuses()
-    }
-
-    /// Files currently refused, and why.
-    pub fn refused(&self) -> Vec<RefusedPlugin> {
-        match self.inner.files.lock() {
-            Ok(files) => files.entries.values().filter_map(|entry| entry.refused.clone()).collect(),
-            Err(poisoned) => poisoned.into_inner().entries.values().filter_map(|entry| entry.refused.clone()).collect(),
-        }
-    }
-
-    /// The active retry-policy slot (answers with the built-in schedule when empty).
-    pub fn retry_policy(&self) -> ActiveRetryPolicy {
-        self.inner.catalog.retry.clone()
-    }
-
-    /// The query function health-check plugins get: read-only, row-capped, with a timeout.
-    /// It blocks, so call it from a blocking thread (`tokio::task::spawn_blocking`).
-    pub fn query_fn(&self) -> Arc<dyn QueryFn> {
-        self.inner.query.clone()
-    }
-
-    /// Reads the directory again and re-verifies every file, changed or not (lifting any
-    /// quarantine); returns what is loaded and what is refused.
-    pub async fn reload(&self) -> PluginReload {
-        self.scan(true).await
-    }
-
-    /// Applies the directory to the host on a blocking thread: every file when `force`, else
-    /// only those whose stamp or contents changed.
-    async fn scan(&self, force: bool) -> PluginReload {
-        let inner = self.inner.clone();
-        let scanned = tokio::task::spawn_blocking(move || inner.apply_dir(force)).await;
-        if let Err(error) = scanned {
-            tracing::error!(%error, "plugin directory scan did not finish");
-        }
-        PluginReload { plugins: self.plugins(), refused: self.refused() }
-    }
-}
-
-/// A plugin's query may not outlast the probe (nor the read-only runner's own cap).
-fn query_timeout_cap(manager: &DbManager) -> Duration {
-    manager.config().health.thresholds.timeout.min(Duration::from_millis(TIMEOUT_MS_CAP))
-}
-
-impl PluginControl for PluginRuntime {
-    fn plugins(&self) -> Vec<PluginStatus> {
-        PluginRuntime::plugins(self)
-    }
-
-    fn reload(&self) -> Pin<Box<dyn Future<Output = PluginReload> + Send + '_>> {
-        Box::pin(PluginRuntime::reload(self))
-    }
-}
-
-/// The `*.wasm` files of `dir` with their stamps, by file name. `None` if the directory
-/// cannot be listed.
-fn list_dir(dir: &Path) -> Option<BTreeMap<String, Stamp>> {
-    let entries = std::fs::read_dir(dir).ok()?;
-    let mut files = BTreeMap::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().and_then(|e| e.to_str()) != Some("wasm") {
-            continue;
-        }
-        let Ok(metadata) = std::fs::metadata(&path) else { continue };
-        if !metadata.is_file() {
-            continue;
-        }
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
-        files.insert(name.to_owned(), Stamp { modified: metadata.modified().ok(), len: metadata.len() });
-    }
-    Some(files)
-}
-
-impl RuntimeInner {
-    fn lock_files(&self) -> std::sync::MutexGuard<'_, Files> {
-        // A panic mid-scan leaves per-file state that is still valid on its own.
-        self.files.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Stamps as last applied, for the watcher's comparison.
-    fn applied_stamps(&self) -> BTreeMap<String, Stamp> {
-        self.lock_files().entries.iter().map(|(name, entry)| (name.clone(), entry.stamp)).collect()
-    }
-
-    fn apply_dir(&self, force: bool) {
-        let mut files = self.lock_files();
-        let Some(listing) = list_dir(&self.dir) else {
-            // A directory that disappears for a moment (a remount, a redeploy) should not
-            // unload everything: keep what is loaded until it can be read again.
-            if !files.entries.is_empty() {
-                tracing::warn!(dir = %self.dir.display(), "cannot read the plugin directory; keeping the loaded plugins");
-            }
-            return;
-        };
-        let mut checks_changed = false;
-        let removed: Vec<String> = files.entries.keys().filter(|name| !listing.contains_key(*name)).cloned().collect();
-        for name in removed {
-            if let Some(entry) = files.entries.remove(&name) {
-                tracing::info!(file = %name, "plugin file removed; unloading it");
-                checks_changed |= matches!(entry.loaded, Some(Loaded::Check(_)));
-            }
-        }
-        for (name, stamp) in &listing {
-            let previous = files.entries.get(name);
-            if !force && previous.is_some_and(|entry| entry.stamp == *stamp) {
-                continue;
-            }
-            let path = self.dir.join(name);
-            let bytes = match std::fs::read(&path) {
-                Ok(bytes) => bytes,
-                Err(error) => {
-                    let refusal = RefusedPlugin {
-                        file: name.clone(),
-                        error: "unreadable".to_owned(),
-                        message: format!("cannot read the file: {error}"),
-                    };
-                    log_refusal(&refusal);
-                    let entry = files.entries.entry(name.clone()).or_insert_with(|| FileEntry {
-                        stamp: *stamp,
-                        hash: [0; 32],
-                        loaded: None,
-                        refused: None,
-                    });
-                    entry.stamp = *stamp;
-                    entry.refused = Some(refusal);
-                    continue;
-                }
-            };
-            let hash: [u8; 32] = Sha256::digest(&bytes).into();
-            if !force
-                && let Some(entry) = files.entries.get_mut(name)
-                && entry.hash == hash
-            {
-                // Touched, not changed.
-                entry.stamp = *stamp;
-                continue;
-            }
-            let outcome = self.load(name, &bytes);
-            let entry = files.entries.entry(name.clone()).or_insert_with(|| FileEntry {
-                stamp: *stamp,
-                hash,
-                loaded: None,
-                refused: None,
-            });
-            entry.stamp = *stamp;
-            entry.hash = hash;
-            match outcome {
-                Ok(loaded) => {
-                    let was_check = matches!(entry.loaded, Some(Loaded::Check(_)));
-                    let is_retry = matches!(loaded, Loaded::Retry);
-                    checks_changed |= was_check || !is_retry;
-                    entry.loaded = Some(loaded);
-                    entry.refused = None;
-                    if is_retry {
-                        files.active_retry = Some(name.clone());
-                    }
-                }
-                Err(refusal) => {
-                    log_refusal(&refusal);
-                    entry.refused = Some(refusal);
-                }
-            }
-        }
-        self.settle_retry_slot(&mut files);
-        if checks_changed || force {
-            let checks: Vec<Arc<CheckEntry>> = files
-                .entries
-                .values()
-                .filter_map(|entry| match &entry.loaded {
-                    Some(Loaded::Check(check)) => Some(check.clone()),
-                    _ => None,
-                })
-                .collect();
-            self.catalog.checks.store(Arc::new(checks));
-            // Re-installing marks the health cache stale, so the next read shows the new set.
-            self.manager.set_extra_checks(Some(self.catalog.clone()));
-        }
-    }
-
-    /// Makes sure the host's retry slot holds a plugin of a file that still holds one, and that
-    /// the manager consults the slot exactly when it holds a plugin.
-    fn settle_retry_slot(&self, files: &mut Files) {
-        let active_ok = files
-            .active_retry
-            .as_ref()
-            .and_then(|name| files.entries.get(name))
-            .is_some_and(|entry| matches!(entry.loaded, Some(Loaded::Retry)));
-        if !active_ok {
-            files.active_retry = None;
-            // Another file that passed as a retry policy takes over, newest name first.
-            let standby: Vec<String> = files
-                .entries
-                .iter()
-                .rev()
-                .filter(|(_, entry)| matches!(entry.loaded, Some(Loaded::Retry)))
-                .map(|(name, _)| name.clone())
-                .collect();
-            for name in standby {
-                let reloaded =
-                    std::fs::read(self.dir.join(&name)).map_err(|error| error.to_string()).and_then(|bytes| {
-                        self.host.load_retry_policy_named(Some(&name), &bytes).map_err(|error| error.to_string())
-                    });
-                match reloaded {
-                    Ok(_) => {
-                        files.active_retry = Some(name);
-                        break;
-                    }
-                    Err(error) => {
-                        tracing::warn!(file = %name, %error, "standby retry policy could not take over");
-                        if let Some(entry) = files.entries.get_mut(&name) {
-                            entry.loaded = None;
-                        }
-                    }
-                }
-            }
-            if files.active_retry.is_none()
-                && let Some(handle) = self.catalog.retry.unload()
-            {
-                tracing::info!(plugin = %handle.name, "retry policy plugin unloaded; using the built-in policy");
-            }
-        }
-        let advisor: Option<Arc<dyn RetryAdvisor>> = match self.catalog.retry.stats() {
-            Some(_) => Some(Arc::new(PluginAdvisor(self.catalog.retry.clone()))),
-            None => None,
-        };
-        self.manager.set_retry_advisor(advisor);
-    }
-
-    /// Offers `bytes` to the retry-policy world, then to the health-check world.
-    fn load(&self, name: &str, bytes: &[u8]) -> Result<Loaded, RefusedPlugin> {
-        let retry_error = match self.host.load_retry_policy_named(Some(name), bytes) {
-            Ok(handle) => {
-                tracing::info!(file = %name, hash = %handle.content_hash, "retry policy plugin loaded");
-                return Ok(Loaded::Retry);
-            }
-            Err(error) if is_world_mismatch(&error) => error,
-            Err(error) => return Err(refusal(name, &error, error.to_string())),
-        };
-        match self.host.load_health_check(Some(name), bytes, self.database_type, self.query.clone()) {
-            Ok(plugin) => {
-                tracing::info!(file = %name, hash = %plugin.handle().content_hash, "health check plugin loaded");
-                Ok(Loaded::Check(Arc::new(CheckEntry::new(plugin, self.database_type, self.query.clone()))))
-            }
-            Err(health_error) if is_world_mismatch(&health_error) => {
-                // Imports that fit the health-check world but exports that do not: the health
-                // side's complaint is the telling one; otherwise the retry side's.
-                let primary =
-                    if matches!(health_error, PluginError::WrongWorld { .. }) { &health_error } else { &retry_error };
-                let message = format!(
-                    "neither a retry-policy nor a health-check plugin: as retry-policy: {retry_error}; as health-check: {health_error}"
-                );
-                Err(refusal(name, primary, message))
-            }
-            Err(health_error) => Err(refusal(name, &health_error, health_error.to_string())),
-        }
-    }
-}
-
-fn is_world_mismatch(error: &PluginError) -> bool {
-    matches!(error, PluginError::WrongWorld { .. } | PluginError::UnsupportedImport(_))
-}
-
-/// The stable code of a refusal reason.
-fn error_code(error: &PluginError) -> &'static str {
-    match error {
-        PluginError::NotWasm(_) => "not_wasm",
-        PluginError::CoreModule => "core_module",
-        PluginError::Compile(_) => "compile",
-        PluginError::UnsupportedImport(_) => "unsupported_import",
-        PluginError::WrongWorld { .. } => "wrong_world",
-        PluginError::Instantiation(_) => "instantiation",
-        PluginError::Trap(_) => "trap",
-        PluginError::Timeout(_) => "timeout",
-        PluginError::OutOfFuel => "out_of_fuel",
-        PluginError::MemoryLimit { .. } => "memory_limit",
-        PluginError::InvalidDecision(_) => "invalid_decision",
-        PluginError::Quarantined(_) => "quarantined",
-        _ => "refused",
-    }
-}
-
-fn refusal(name: &str, error: &PluginError, message: String) -> RefusedPlugin {
-    RefusedPlugin { file: name.to_owned(), error: error_code(error).to_owned(), message }
-}
-
-fn log_refusal(refusal: &RefusedPlugin) {
-    tracing::warn!(
-        file = %refusal.file,
-        reason = %refusal.error,
-        message = %refusal.message,
-        "plugin refused; skipped (a previously loaded version of this file stays active)"
-    );
-}
-
-/// Polls the directory; acts on a change once it has been stable for one more poll. Stops
-/// when the runtime is dropped.
-fn spawn_watcher(runtime: Weak<RuntimeInner>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(POLL_INTERVAL);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut pending: Option<BTreeMap<String, Stamp>> = None;
-        loop {
-            ticker.tick().await;
-            let Some(inner) = runtime.upgrade() else { return };
-            let looked = {
-                let inner = inner.clone();
-                tokio::task::spawn_blocking(move || (list_dir(&inner.dir), inner.applied_stamps())).await
-            };
-            let Ok((Some(listing), applied)) = looked else { continue };
-            if listing == applied {
-                pending = None;
-                continue;
-            }
-            if pending.as_ref() != Some(&listing) {
-                // Changed since the last poll: wait until it settles.
-                pending = Some(listing);
-                continue;
-            }
-            pending = None;
-            tracing::info!(dir = %inner.dir.display(), "plugin directory changed; reloading the changed files");
-            let runtime = PluginRuntime { inner };
-            runtime.scan(false).await;
-        }
-    })
-}
-
 /// The retry runner's view of the active retry-policy plugin.
-struct PluginAdvisor(ActiveRetryPolicy);
+pub struct PluginAdvisor(ActiveRetryPolicy);
+
+impl PluginAdvisor {
+    /// Advises the runner with `policy` (whatever plugin it holds at each call).
+    pub fn new(policy: ActiveRetryPolicy) -> Self {
+        Self(policy)
+    }
+}
 
 impl RetryAdvisor for PluginAdvisor {
     fn decide(&self, info: &AttemptInfo) -> PolicyVerdict {
@@ -550,43 +51,8 @@ impl RetryAdvisor for PluginAdvisor {
     }
 }
 
-impl Catalog {
-    fn statuses(&self) -> Vec<PluginStatus> {
-        let mut rows = Vec::new();
-        if let Some(stats) = self.retry.stats() {
-            rows.push(PluginStatus {
-                name: stats.handle.name.clone(),
-                world: stats.handle.world.as_str().to_owned(),
-                version: None,
-                content_hash: stats.handle.content_hash.clone(),
-                loaded_at: rfc3339(stats.handle.loaded_at),
-                calls: stats.calls,
-                faults: stats.faults,
-                state: stats.state.as_str().to_owned(),
-            });
-        }
-        rows.extend(self.checks.load().iter().map(|check| check.status()));
-        rows
-    }
-}
-
-impl ExtraChecks for Catalog {
-    fn checks(&self) -> Vec<Arc<dyn ExtraCheck>> {
-        self.checks.load().iter().map(|check| check.clone() as Arc<dyn ExtraCheck>).collect()
-    }
-}
-
-/// The status page's view of the catalog.
-struct Directory(Arc<Catalog>);
-
-impl PluginDirectory for Directory {
-    fn plugins(&self) -> Vec<PluginStatus> {
-        self.0.statuses()
-    }
-}
-
 /// A loaded health-check plugin with its counters and quarantine.
-struct CheckEntry {
+pub struct PluginCheck {
     plugin: HealthCheckPlugin,
     database_type: &'static str,
     query: Arc<dyn QueryFn>,
@@ -596,8 +62,9 @@ struct CheckEntry {
     quarantined: AtomicBool,
 }
 
-impl CheckEntry {
-    fn new(plugin: HealthCheckPlugin, database_type: &'static str, query: Arc<dyn QueryFn>) -> Self {
+impl PluginCheck {
+    /// Wraps a loaded check that runs against `database_type` and queries through `query`.
+    pub fn new(plugin: HealthCheckPlugin, database_type: &'static str, query: Arc<dyn QueryFn>) -> Self {
         Self {
             plugin,
             database_type,
@@ -609,7 +76,8 @@ impl CheckEntry {
         }
     }
 
-    fn status(&self) -> PluginStatus {
+    /// The plugin's row on the status page.
+    pub fn status(&self) -> PluginStatus {
         let handle = self.plugin.handle();
         let quarantined = self.quarantined.load(Ordering::Relaxed);
         PluginStatus {
@@ -625,7 +93,7 @@ impl CheckEntry {
     }
 }
 
-impl ExtraCheck for CheckEntry {
+impl ExtraCheck for PluginCheck {
     fn name(&self) -> String {
         format!("plugin:{}", self.plugin.handle().name)
     }
@@ -654,49 +122,5 @@ impl ExtraCheck for CheckEntry {
                 Err(format!("plugin {name} faulted: {error}"))
             }
         }
-    }
-}
-
-/// The `query` import of health-check plugins: [`ReadOnlyQuery`] driven from the plugin's
-/// blocking thread.
-struct PluginQuery {
-    runner: ReadOnlyQuery,
-    runtime: tokio::runtime::Handle,
-    max_timeout: Duration,
-}
-
-impl QueryFn for PluginQuery {
-    fn query(&self, sql: &str, params: &[String], timeout: Duration) -> Result<Rows, String> {
-        let timeout = timeout.min(self.max_timeout).max(Duration::from_millis(1));
-        let request = QueryRequest {
-            query: sql.to_owned(),
-            params: params.iter().cloned().map(Value::String).collect(),
-            max_rows: Some(PLUGIN_MAX_ROWS),
-            timeout_ms: Some(u64::try_from(timeout.as_millis()).unwrap_or(TIMEOUT_MS_CAP)),
-        };
-        // Plugins run on blocking threads (the health service and reloads see to that), where
-        // waiting on the runtime is allowed; the runner's own timeout bounds the wait.
-        let answer =
-            self.runtime.block_on(self.runner.run(&request)).map_err(|error| format!("{}: {error}", error.code()))?;
-        let rows = answer
-            .rows
-            .iter()
-            .map(|row| answer.columns.iter().map(|column| sql_value(row.get(column))).collect())
-            .collect();
-        Ok(Rows { columns: answer.columns, rows })
-    }
-}
-
-fn sql_value(value: Option<&Value>) -> SqlValue {
-    match value {
-        None | Some(Value::Null) => SqlValue::Null,
-        Some(Value::Bool(b)) => SqlValue::Integer(i64::from(*b)),
-        Some(Value::Number(n)) => match (n.as_i64(), n.as_f64()) {
-            (Some(i), _) => SqlValue::Integer(i),
-            (None, Some(f)) => SqlValue::Real(f),
-            (None, None) => SqlValue::Text(n.to_string()),
-        },
-        Some(Value::String(s)) => SqlValue::Text(s.clone()),
-        Some(other) => SqlValue::Text(other.to_string()),
     }
 }

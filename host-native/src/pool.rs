@@ -13,6 +13,7 @@ use std::time::Duration;
 use dbguard_core::{DatabaseType, DbConfig, ErrorClass, PoolStatus, SslMode, TargetSessionAttrs};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 use sqlx::postgres::PgSslMode;
+#[cfg(feature = "sqlite")]
 use sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 
 use crate::classify::{Classified, classify_sqlx};
@@ -25,6 +26,9 @@ pub const OVERFLOW_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a SQLite connection waits on a locked database before reporting `SQLITE_BUSY`.
 pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a SQLite URL cannot be served by a build without the `sqlite` feature.
+pub const SQLITE_NOT_BUILT: &str = "this build of dbguard has no SQLite support: enable its `sqlite` feature";
 
 /// The `application_name` dbguard's PostgreSQL sessions carry.
 pub const APPLICATION_NAME: &str = "dbguard";
@@ -65,6 +69,9 @@ pub fn connect_options_for(config: &DbConfig, server: usize, lazy: bool) -> Conn
                 pg.ssl_mode(ssl_mode).options([("statement_timeout", statement_timeout_ms)])
             });
         }
+        #[cfg(not(feature = "sqlite"))]
+        DatabaseType::Sqlite => {}
+        #[cfg(feature = "sqlite")]
         DatabaseType::Sqlite => {
             options.map_sqlx_sqlite_opts(move |sqlite| {
                 let sqlite = sqlite.create_if_missing(true).foreign_keys(true).busy_timeout(SQLITE_BUSY_TIMEOUT);
@@ -151,6 +158,9 @@ async fn probe_server(config: &DbConfig, server: usize, wanted: TargetSessionAtt
                 Ok(suitable)
             }
             DatabaseType::Sqlite if config.url.is_sqlite_memory() => Ok(true),
+            #[cfg(not(feature = "sqlite"))]
+            DatabaseType::Sqlite => Err(sqlx::Error::Configuration(SQLITE_NOT_BUILT.into())),
+            #[cfg(feature = "sqlite")]
             DatabaseType::Sqlite => {
                 let options = url
                     .parse::<sqlx::sqlite::SqliteConnectOptions>()?
@@ -218,6 +228,9 @@ pub fn status(db: &DatabaseConnection, config: &DbConfig) -> PoolStatus {
             let pool = db.get_postgres_connection_pool();
             (pool.size(), u32::try_from(pool.num_idle()).unwrap_or(u32::MAX))
         }
+        #[cfg(not(feature = "sqlite"))]
+        DatabaseType::Sqlite => (0, 0),
+        #[cfg(feature = "sqlite")]
         DatabaseType::Sqlite => {
             let pool = db.get_sqlite_connection_pool();
             (pool.size(), u32::try_from(pool.num_idle()).unwrap_or(u32::MAX))

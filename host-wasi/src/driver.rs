@@ -69,35 +69,7 @@ impl Stopwatch {
 /// A clock set before 1970 reads as the epoch rather than failing.
 pub(crate) fn wall_clock_rfc3339() -> String {
     let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    rfc3339(since_epoch)
-}
-
-/// Formats a time since the Unix epoch as RFC 3339 UTC with milliseconds.
-pub(crate) fn rfc3339(since_epoch: Duration) -> String {
-    let secs = since_epoch.as_secs();
-    let (days, secs_of_day) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        secs_of_day / 3600,
-        secs_of_day % 3600 / 60,
-        secs_of_day % 60,
-        since_epoch.subsec_millis()
-    )
-}
-
-/// Proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's `civil_from_days`).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
+    dbguard_core::time::rfc3339_utc(since_epoch)
 }
 
 /// Runs database calls under core's retry policy, sleeping between attempts.
@@ -159,13 +131,6 @@ fn random_seed() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn formats_rfc3339() {
-        assert_eq!(rfc3339(Duration::ZERO), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(Duration::from_millis(951_782_400_123)), "2000-02-29T00:00:00.123Z");
-        assert_eq!(rfc3339(Duration::from_secs(1_767_225_599)), "2025-12-31T23:59:59.000Z");
-    }
 
     #[test]
     fn sleep_until_past_deadline_returns() {

@@ -25,8 +25,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use dbguard::DbManager;
-use dbguard::api::{self, AppState};
-use dbguard::auth::Authenticator;
+use dbguard_http::api::{self, AppState};
+use dbguard_http::auth::Authenticator;
 use dbguard_tests::TestDb;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;

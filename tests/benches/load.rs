@@ -32,9 +32,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use dbguard::plugins::PluginRuntime;
 use dbguard::{DbManager, Idempotency};
 use dbguard_core::DbConfig;
+use dbguard_http::plugins::PluginRuntime;
 use dbguard_tests::TestDb;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement};
 use sqlx::{Connection, PgConnection};
@@ -649,7 +649,7 @@ async fn bench() -> Result<Report, String> {
     let knobs = Knobs::from_env();
     if knobs.metrics {
         // The recorder `dbguard serve` installs: every guarded call then updates real series.
-        let _ = dbguard::api::metrics_handle();
+        let _ = dbguard_http::api::metrics_handle();
     }
     let db = TestDb::create("bench_load").await.map_err(|e| format!("cannot create the benchmark database: {e}"))?;
     let url = with_sslmode(db.url(), "disable");

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use dbguard::api::{self, AppState};
-use dbguard::auth::Authenticator;
-use dbguard::plugins::PluginRuntime;
 use dbguard::{DbManager, Idempotency};
 use dbguard_core::{DbConfig, PluginStatus};
+use dbguard_http::api::{self, AppState};
+use dbguard_http::auth::Authenticator;
+use dbguard_http::plugins::PluginRuntime;
 use sea_orm::{ConnAcquireErr, ConnectionTrait, DbErr};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -216,7 +216,7 @@ async fn health_check_plugin_joins_the_report_and_cannot_write() {
             .await
             .expect("query thread")
             .expect("reads are allowed");
-    assert_eq!(rows.rows, vec![vec![dbguard::plugins::SqlValue::Integer(1)]], "nothing was written");
+    assert_eq!(rows.rows, vec![vec![dbguard_http::plugins::SqlValue::Integer(1)]], "nothing was written");
 
     // With the table gone the check fails, non-required: the report degrades.
     manager

@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use dbguard::DbManager;
-use dbguard::wasi_run::{Output, WasiRunError, WasiRunOptions, WasiRunOutput, run_wasi_module_with_output};
+use dbguard_cli::wasi_run::{Output, WasiRunError, WasiRunOptions, WasiRunOutput, run_wasi_module_with_output};
 use dbguard_core::DbConfig;
 use serde_json::Value;
 

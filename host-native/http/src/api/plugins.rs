@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::{AdminAccess, ApiError, AppState, ReadAccess, envelope};
 
 /// What the plugin routes need from a plugin runtime (implemented by
-/// `dbguard::plugins::PluginRuntime`).
+/// `dbguard_http::plugins::PluginRuntime`).
 pub trait PluginControl: Send + Sync {
     /// The loaded plugins: the active retry policy and every health check.
     fn plugins(&self) -> Vec<PluginStatus>;

@@ -22,11 +22,11 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let config = dbguard::env::load_config()?;
-//! let auth = dbguard::auth::Authenticator::from_config(&config.service.auth, config.profile)?;
+//! let auth = dbguard_http::auth::Authenticator::from_config(&config.service.auth, config.profile)?;
 //! let manager = dbguard::DbManager::connect_lazy(config).await?;
-//! let state = dbguard::api::AppState::new(manager, auth);
+//! let state = dbguard_http::api::AppState::new(manager, auth);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! dbguard::api::serve(listener, state, std::future::pending()).await?;
+//! dbguard_http::api::serve(listener, state, std::future::pending()).await?;
 //! # Ok(()) }
 //! ```
 
@@ -57,9 +57,9 @@ use tower_http::trace::TraceLayer;
 pub use error::{ApiError, ApiJson, ApiQuery};
 pub use plugins::{PluginControl, PluginReload, RefusedPlugin};
 
-use crate::DbManager;
 use crate::auth::{AuthFailure, Authenticator, Principal, Scope};
 use crate::readonly::{QueryRequest, ReadOnlyQuery};
+use dbguard::DbManager;
 
 /// Largest request body accepted (larger → 413).
 pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
@@ -146,7 +146,7 @@ impl AppState {
         }
     }
 
-    /// Serves `/api/plugins` from `control` (a `dbguard::plugins::PluginRuntime`). Without it
+    /// Serves `/api/plugins` from `control` (a `dbguard_http::plugins::PluginRuntime`). Without it
     /// the plugin list is empty and reloads answer 409. The first runtime given stays.
     pub fn with_plugins(self, control: Arc<dyn PluginControl>) -> Self {
         if self.inner.plugins.set(control).is_err() {

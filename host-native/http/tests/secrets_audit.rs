@@ -11,7 +11,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use dbguard::auth::Authenticator;
+use dbguard_http::auth::Authenticator;
 use dbguard_tests::TestDb;
 use serde_json::{Value, json};
 use support::{Server, base64_standard, base64url, hmac_token, now_secs};

@@ -32,7 +32,7 @@ use sha2::{Digest, Sha256};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgRow, PgSslMode};
 use sqlx::{Arguments, Column, Connection, Executor, Row, TypeInfo, ValueRef};
 
-use crate::secrets::Redactor;
+use dbguard::Redactor;
 
 /// Rows returned when the request does not say.
 pub const DEFAULT_MAX_ROWS: u32 = 100;

@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dbguard::DbManager;
-use dbguard::api::{self, AppState};
-use dbguard::auth::Authenticator;
-use dbguard::plugins::PluginRuntime;
+use dbguard_http::api::{self, AppState};
+use dbguard_http::auth::Authenticator;
+use dbguard_http::plugins::PluginRuntime;
 use serde_json::{Value, json};
 
 pub const SECRET: &str = "api-test-secret-7f3c9a1e5b2d4c6e8a0b";
@@ -191,7 +191,7 @@ pub async fn decode(response: reqwest::Response) -> (u16, Value) {
 }
 
 pub fn schemas_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("schemas")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join("schemas")
 }
 
 /// Asserts `instance` is valid against `schemas/<stem>.schema.json`.

@@ -5,17 +5,19 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use dbguard::api::{self, AppState};
-use dbguard::auth::{Authenticator, parse_ttl};
-use dbguard::{DbManager, env, wasi_run};
+use dbguard::{DbManager, env};
+use dbguard_http::api::{self, AppState};
+use dbguard_http::auth::{Authenticator, parse_ttl};
+
+use crate::wasi_run;
 use dbguard_core::{DbConfig, Profile};
 
 /// EX_CONFIG (sysexits.h): the configuration is invalid.
-pub(crate) const EXIT_CONFIG: u8 = 78;
+pub const EXIT_CONFIG: u8 = 78;
 /// EX_UNAVAILABLE (sysexits.h): a service (the database, the port) is unavailable.
-pub(crate) const EXIT_UNAVAILABLE: u8 = 69;
+pub const EXIT_UNAVAILABLE: u8 = 69;
 /// EX_CANTCREAT (sysexits.h): an output file cannot be written.
-pub(crate) const EXIT_CANTCREAT: u8 = 73;
+pub const EXIT_CANTCREAT: u8 = 73;
 
 /// How long shutdown waits for checked-out database connections to come back.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,7 +28,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// DBGUARD_BIND, JWT_SECRET, … — see the README.
 #[derive(Debug, Parser)]
 #[command(name = "dbguard", version, about)]
-pub(crate) struct Cli {
+pub struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -101,7 +103,7 @@ enum WasiCommand {
 
 impl Cli {
     /// Parses the arguments and runs the command.
-    pub(crate) fn run() -> ExitCode {
+    pub fn run() -> ExitCode {
         let cli = Self::parse();
         match cli.command {
             Command::Schemas { out } => schemas(&out),
@@ -215,7 +217,7 @@ async fn serve(config: DbConfig, bind: Option<String>) -> ExitCode {
 #[cfg(feature = "plugins")]
 async fn attach_plugins(state: AppState, manager: &DbManager, dir: Option<String>) -> Result<AppState, ExitCode> {
     let Some(dir) = dir else { return Ok(state) };
-    match dbguard::plugins::PluginRuntime::start(manager.clone(), &dir).await {
+    match dbguard_http::plugins::PluginRuntime::start(manager.clone(), &dir).await {
         Ok(runtime) => {
             println!("plugins: {} loaded from {dir} (watching for changes)", runtime.plugins().len());
             Ok(state.with_plugins(std::sync::Arc::new(runtime)))
@@ -351,7 +353,7 @@ fn schemas(out: &std::path::Path) -> ExitCode {
         .into_iter()
         .map(|(stem, schema)| (format!("{stem}.schema.json"), dbguard_core::schema::render(&schema)))
         .collect();
-    files.extend(dbguard::api::openapi::extra_schemas());
+    files.extend(dbguard_http::api::openapi::extra_schemas());
     files.push(("openapi.json".to_owned(), api::openapi::render()));
     if let Err(err) = std::fs::create_dir_all(out) {
         eprintln!("dbguard: cannot create {}: {err}", out.display());

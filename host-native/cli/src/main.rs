@@ -1,8 +1,8 @@
 //! The `dbguard` command: `serve`, `check`, `info`, `schemas`, `token`.
 
-mod cli;
-
 use std::process::ExitCode;
+
+use dbguard_cli::cli;
 
 fn main() -> ExitCode {
     init_logging();

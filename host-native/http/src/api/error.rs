@@ -8,8 +8,8 @@ use axum::response::{IntoResponse, Response};
 use dbguard_core::ErrorBody;
 use serde::de::DeserializeOwned;
 
-use crate::DbError;
 use crate::readonly::QueryError;
+use dbguard::DbError;
 
 /// An error response: an HTTP status and `{ success: false, error, message, retry_count,
 /// last_attempt }`.

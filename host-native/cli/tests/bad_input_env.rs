@@ -12,9 +12,9 @@
 
 use std::path::{Path, PathBuf};
 
-use dbguard::auth::{AuthError, Authenticator};
 use dbguard::env::{EnvError, config_from_vars};
 use dbguard_core::{ConfigError, DbConfig};
+use dbguard_http::auth::{AuthError, Authenticator};
 
 /// The database password of the base configuration and of URLs in the rows.
 const PASSWORD: &str = "Pw-env-7c2f91d0e4";

@@ -7,7 +7,7 @@
 //! other files, no network, no stdin, no host environment.
 //!
 //! ```no_run
-//! use dbguard::wasi_run::{WasiRunOptions, run_wasi_module};
+//! use dbguard_cli::wasi_run::{WasiRunOptions, run_wasi_module};
 //!
 //! let options = WasiRunOptions {
 //!     env: vec![("DATABASE_URL".into(), "sqlite://data/app.db".into())],
@@ -15,7 +15,7 @@
 //! };
 //! let code = run_wasi_module("dbguard-wasi.wasm", &["check".to_owned()], options)?;
 //! std::process::exit(code);
-//! # Ok::<(), dbguard::wasi_run::WasiRunError>(())
+//! # Ok::<(), dbguard_cli::wasi_run::WasiRunError>(())
 //! ```
 //!
 //! Modules are compiled with Cranelift from their bytes (never loaded precompiled, which would

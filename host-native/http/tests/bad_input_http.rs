@@ -13,7 +13,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dbguard::api;
+use dbguard_http::api;
 use reqwest::Method;
 use serde_json::{Value, json};
 use support::{Options, SECRET, Server, base64url, hmac_token, now_secs, raw_request};

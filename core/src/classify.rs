@@ -8,6 +8,8 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::retry::{GiveUpReason, Idempotency};
+
 /// What kind of failure a database call hit, independent of the driver that reported it.
 ///
 /// Each class answers two questions: is it worth trying again ([`ErrorClass::is_retryable`]),
@@ -290,6 +292,38 @@ impl ErrorClass {
         )
     }
 
+    /// Whether the server itself may be gone (stopped, restarting, failing over), as opposed
+    /// to one connection or one statement failing: before retrying, wait for it to answer.
+    pub const fn says_server_may_be_gone(self) -> bool {
+        matches!(self, Self::ConnectionRefused | Self::ConnectionLost | Self::ServerShuttingDown | Self::ServerStarting)
+    }
+
+    /// Whether a write sent on the connection that failed this way may or may not have been
+    /// applied: only an answer from the server settles it.
+    pub const fn may_have_applied(self) -> bool {
+        matches!(self, Self::ConnectionLost | Self::Timeout | Self::ServerShuttingDown | Self::ServerSystemError)
+    }
+
+    /// Whether the failure suggests the pool's server is gone or demoted, so that a multi-host
+    /// URL should choose its server again: the connection died, the server refused or stopped
+    /// answering (the pool then times out acquiring), or it answered read-only (25006, a
+    /// standby after a failover).
+    pub const fn suggests_failover(self) -> bool {
+        self.evicts_connection() || matches!(self, Self::ConnectionRefused | Self::Timeout | Self::PoolExhausted)
+    }
+
+    /// The class a caller sees when the runner gives up for `reason`: a non-idempotent call
+    /// whose connection died is reported as [`ErrorClass::CommitOutcomeUnknown`], because the
+    /// caller must resolve it (by an idempotency key), not assume it failed.
+    pub fn surfaced(self, idempotency: Idempotency, reason: &GiveUpReason) -> Self {
+        match reason {
+            GiveUpReason::UnsafeToRepeat(_) if idempotency == Idempotency::NonIdempotent && self.may_have_applied() => {
+                Self::CommitOutcomeUnknown
+            }
+            _ => self,
+        }
+    }
+
     /// The stable snake_case name used in metrics labels, logs and the plugin contract.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -333,6 +367,33 @@ impl core::fmt::Display for ErrorClass {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lost_connections_on_writes_surface_as_outcome_unknown() {
+        let unsafe_lost = GiveUpReason::UnsafeToRepeat(ErrorClass::ConnectionLost);
+        assert_eq!(
+            ErrorClass::ConnectionLost.surfaced(Idempotency::NonIdempotent, &unsafe_lost),
+            ErrorClass::CommitOutcomeUnknown
+        );
+        let exhausted = GiveUpReason::RetriesExhausted(3);
+        assert_eq!(
+            ErrorClass::ConnectionLost.surfaced(Idempotency::Idempotent, &exhausted),
+            ErrorClass::ConnectionLost
+        );
+        let syntax = GiveUpReason::NotRetryable(ErrorClass::Syntax);
+        assert_eq!(ErrorClass::Syntax.surfaced(Idempotency::NonIdempotent, &syntax), ErrorClass::Syntax);
+    }
+
+    #[test]
+    fn server_gone_and_failover_rules() {
+        assert!(ErrorClass::ConnectionRefused.says_server_may_be_gone());
+        assert!(!ErrorClass::SerializationFailure.says_server_may_be_gone());
+        assert!(ErrorClass::ReadOnlyServer.suggests_failover());
+        assert!(ErrorClass::PoolExhausted.suggests_failover());
+        assert!(!ErrorClass::Syntax.suggests_failover());
+        assert!(ErrorClass::Timeout.may_have_applied());
+        assert!(!ErrorClass::ConnectionRefused.may_have_applied());
+    }
 
     /// Every SQLSTATE Npgsql treats as transient (REFERENCE.md) must be retryable here.
     const NPGSQL_TRANSIENT: [&str; 22] = [

@@ -58,8 +58,8 @@ pub use config::{
 };
 pub use health::{CachedReport, CheckResult, CheckStatus, HealthReport, HealthStatus, PoolStatus};
 pub use retry::{
-    Admission, AttemptInfo, BreakerConfig, BreakerState, CircuitBreaker, Decision, GiveUpReason, Idempotency, Jitter,
-    PolicyVerdict, RetryBudget, RetryPolicy, RetryState,
+    Admission, AttemptInfo, BreakerConfig, BreakerState, CallGuard, CircuitBreaker, Decision, GiveUpReason,
+    Idempotency, Jitter, PolicyVerdict, RetryBudget, RetryPolicy, RetryState, Transition,
 };
 pub use rng::{RandomSource, SeededRng};
 pub use time::Instant;

@@ -1,7 +1,12 @@
-//! The one clock and the one sleep of the native host.
+//! Time in the native host.
 //!
-//! Core works on [`dbguard_core::Instant`] (monotonic nanoseconds); this module maps it onto
-//! tokio's clock, so paused-time tests drive everything through the same seam.
+//! Every monotonic time read, sleep, timeout and ticker of the library is tokio's
+//! (`tokio::time`), never `std::time::Instant` or `std::thread::sleep`, so one seam drives all
+//! of it: tests on tokio's paused clock (`start_paused`) move every deadline the library has.
+//! Core works on [`dbguard_core::Instant`] (monotonic nanoseconds); [`Clock`] maps tokio's
+//! clock onto it, and the retry loop, the breaker and the budget read time only through a
+//! [`Clock`]. Wall-clock time is read in one place, [`rfc3339_now`], for timestamps in reports
+//! and error bodies.
 
 use std::time::{Duration, SystemTime};
 
@@ -39,6 +44,11 @@ impl Clock {
             }
             tokio::time::sleep(deadline.saturating_duration_since(now)).await;
         }
+    }
+
+    /// Awaits `future` for at most `limit`; `None` when the time ran out first.
+    pub async fn timeout<T>(&self, limit: Duration, future: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::time::timeout(limit, future).await.ok()
     }
 
     /// Core's instant as a tokio instant (for timeouts).

@@ -14,7 +14,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, Statement};
 
 use crate::classify::classify_db_err;
 use crate::clock::rfc3339_now;
-use crate::manager::{DbManager, Inner, record_breaker_state};
+use crate::manager::{DbManager, Inner};
 use crate::pool;
 
 /// `PRAGMA quick_check` reads the whole file: run it on the first probe and every Nth after.
@@ -216,22 +216,8 @@ impl DbManager {
         let now = inner.clock.now();
         match failure {
             // The database answered: a breaker waiting out its cool-down can close now.
-            None => {
-                let reopened = inner.with_guard(|guard| {
-                    let was_open = guard.breaker.state(now) != dbguard_core::BreakerState::Closed;
-                    if was_open {
-                        guard.breaker.reset();
-                    }
-                    was_open
-                });
-                if reopened {
-                    record_breaker_state(dbguard_core::BreakerState::Closed);
-                    tracing::info!("health probe succeeded; circuit breaker closed");
-                }
-            }
-            Some(class) => {
-                inner.with_guard(|guard| guard.breaker.on_failure(now, class));
-            }
+            None => inner.guard_probe_success(now),
+            Some(class) => inner.on_attempt_failure(now, class),
         }
         if report.status != HealthStatus::Healthy {
             tracing::warn!(status = status_label, message = %report.message, "database health");

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use dbguard_core::{
-    BreakerState, CircuitBreaker, ConnectionInfo, DatabaseStatus, DbConfig, Decision, ErrorClass, HealthReport,
-    Idempotency, Instant, PluginStatus, PoolStatus, RetryBudget, RetryState,
+    Admission, BreakerState, CallGuard, ConnectionInfo, DatabaseStatus, DbConfig, ErrorClass, HealthReport,
+    Idempotency, Instant, PluginStatus, PoolStatus, RetryBudget, Transition,
 };
 use sea_orm::DatabaseConnection;
 
@@ -16,7 +16,7 @@ use crate::clock::Clock;
 use crate::health::HealthState;
 use crate::pool;
 use crate::reachability::Reachability;
-use crate::runner::RetryAdvisor;
+use crate::runner::{Failure, RetryAdvisor, Waits};
 use crate::secrets::Redactor;
 use crate::stats::Stats;
 
@@ -47,12 +47,6 @@ pub(crate) struct PoolSlot {
     pub(crate) server: usize,
 }
 
-/// The breaker and the shared retry budget, updated together under one short lock.
-pub(crate) struct Guard {
-    pub(crate) breaker: CircuitBreaker,
-    pub(crate) budget: RetryBudget,
-}
-
 pub(crate) struct AdvisorSlot(pub(crate) Arc<dyn RetryAdvisor>);
 
 /// Supplies plugin rows for the status page (implemented by the plugin host integration).
@@ -67,7 +61,9 @@ pub(crate) struct Inner {
     pub(crate) clock: Clock,
     pool: ArcSwap<PoolSlot>,
     generation: AtomicU64,
-    guard: Mutex<Guard>,
+    /// The breaker and the shared retry budget: changed only through the `guard_*` methods,
+    /// which report every state change to the log and the gauge.
+    guard: Mutex<CallGuard>,
     pub(crate) advisor: ArcSwapOption<AdvisorSlot>,
     plugin_directory: ArcSwapOption<Box<dyn PluginDirectory>>,
     pub(crate) stats: Stats,
@@ -112,11 +108,46 @@ pub enum ConnectError {
 }
 
 impl Inner {
-    pub(crate) fn with_guard<R>(&self, f: impl FnOnce(&mut Guard) -> R) -> R {
+    /// Applies one input to the guard under its short lock, then reports a state change.
+    fn guard<R>(&self, input: impl FnOnce(&mut CallGuard) -> (R, Option<Transition>)) -> R {
         // A poisoned lock only means another thread panicked mid-update; the breaker and budget
         // remain structurally valid, so keep using them.
-        let mut guard = self.guard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(&mut guard)
+        let (output, transition) = input(&mut self.guard.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        if let Some(transition) = transition {
+            record_breaker_state(transition.to);
+            tracing::warn!(from = ?transition.from, to = ?transition.to, "circuit breaker changed state");
+        }
+        output
+    }
+
+    /// Whether an attempt may reach the database now.
+    pub(crate) fn guard_admit(&self, now: Instant) -> Admission {
+        self.guard(|guard| guard.admit(now))
+    }
+
+    /// An attempt reached the database.
+    pub(crate) fn guard_success(&self, now: Instant) {
+        self.guard(|guard| ((), guard.on_success(now)));
+    }
+
+    /// A health probe was answered by the database.
+    pub(crate) fn guard_probe_success(&self, now: Instant) {
+        self.guard(|guard| ((), guard.on_probe_success(now)));
+    }
+
+    /// Closes the breaker (a new pool starts with a clean record).
+    pub(crate) fn guard_reset(&self, now: Instant) {
+        self.guard(|guard| ((), guard.reset(now)));
+    }
+
+    /// Takes one retry from the shared budget.
+    pub(crate) fn guard_spend_retry(&self, now: Instant) -> bool {
+        self.guard(|guard| (guard.try_spend_retry(now), None))
+    }
+
+    /// The breaker's state now.
+    pub(crate) fn breaker_state(&self, now: Instant) -> BreakerState {
+        self.guard(|guard| guard.state(now))
     }
 
     pub(crate) fn generation(&self) -> u64 {
@@ -132,24 +163,15 @@ impl Inner {
         ErrorClass::ALL.get(index).copied().unwrap_or(ErrorClass::ConnectionRefused)
     }
 
-    /// Feeds a failed attempt to the breaker and, for connectivity failures, marks the health
-    /// cache stale so the next reader sees the outage without waiting for the monitor.
+    /// Feeds a failed attempt or probe to the breaker and, for connectivity failures, marks the
+    /// health cache stale so the next reader sees the outage without waiting for the monitor.
     pub(crate) fn on_attempt_failure(&self, now: Instant, class: ErrorClass) {
-        let before = self.with_guard(|guard| {
-            let before = guard.breaker.state(now);
-            guard.breaker.on_failure(now, class);
-            before
-        });
+        self.guard(|guard| ((), guard.on_failure(now, class)));
         if class.is_connectivity() {
             if let Some(index) = ErrorClass::ALL.iter().position(|c| *c == class) {
                 self.last_connectivity_class.store(u8::try_from(index).unwrap_or(0), Ordering::Relaxed);
             }
             self.health.mark_stale_if_healthy();
-        }
-        let after = self.with_guard(|guard| guard.breaker.state(now));
-        if before != after {
-            record_breaker_state(after);
-            tracing::warn!(from = ?before, to = ?after, class = class.as_str(), "circuit breaker changed state");
         }
     }
 }
@@ -204,15 +226,6 @@ async fn open_selected(config: &DbConfig) -> Result<(DatabaseConnection, usize),
     Ok((db, server))
 }
 
-/// Whether a failure suggests the pool's server is gone or demoted, so that a multi-host URL
-/// should choose its server again: the connection died, the server refused or stopped
-/// answering (the pool then times out acquiring), or it answered read-only (25006, a standby
-/// after a failover).
-fn suggests_failover(class: ErrorClass) -> bool {
-    class.evicts_connection()
-        || matches!(class, ErrorClass::ConnectionRefused | ErrorClass::Timeout | ErrorClass::PoolExhausted)
-}
-
 fn target_of(config: &DbConfig) -> String {
     let info = config.connection_info();
     match (info.host, info.port) {
@@ -224,43 +237,52 @@ fn target_of(config: &DbConfig) -> String {
 impl DbManager {
     /// Connects now, retrying per the configured policy; fails with which host, how many
     /// attempts and the last cause if the database does not answer.
+    ///
+    /// The attempts go through the same loop, breaker, budget and counters as every guarded
+    /// call: each one chooses the server (multi-host URLs) and opens the pool on it.
     pub async fn connect(config: DbConfig) -> Result<Self, ConnectError> {
-        let redactor = Redactor::from_config(&config);
-        Self::prepare(&config)?;
-        let clock = Clock::new();
-        let mut state = RetryState::new(config.retry, Idempotency::Idempotent);
-        let mut attempts = 0u32;
-        let db = loop {
-            attempts += 1;
-            let span = tracing::info_span!("connect", target = %target_of(&config), attempt = attempts);
-            let result = {
-                let _entered = span.enter();
-                tracing::info!(url = %config.url, "connecting");
-                open_selected(&config).await
-            };
-            match result {
-                Ok(selected) => break selected,
-                Err((classified, cause)) => {
-                    let cause = redactor.scrub(&cause);
-                    match state.on_failure(clock.now(), classified.class) {
-                        Decision::RetryAt(deadline) => {
-                            tracing::warn!(class = classified.class.as_str(), %cause, "connect failed; retrying");
-                            clock.sleep_until(deadline).await;
-                        }
-                        Decision::GiveUp(_) => {
-                            return Err(ConnectError::Unreachable {
-                                target: target_of(&config),
-                                attempts,
-                                class: classified.class,
-                                cause,
-                            });
-                        }
-                    }
+        let manager = Self::connect_lazy(config).await?;
+        let policy = manager.inner.config.retry;
+        // The last cause the server gave, for the error (the surfaced error wraps it in its class
+        // and the reason for giving up).
+        let mut last_cause = None;
+        let connected = async {
+            let mut call = manager.begin_call(policy, Idempotency::Idempotent, Waits::Never);
+            loop {
+                let slot = manager.next_attempt(&mut call).await?;
+                let outcome = manager.connect_attempt().await;
+                if let Err(Failure::Attempt(sea_orm::DbErr::Custom(cause), _)) = &outcome {
+                    last_cause = Some(manager.redact(cause));
+                }
+                if let Some(()) = manager.settle(&mut call, &slot, outcome).await? {
+                    return Ok::<(), crate::DbError>(());
                 }
             }
-        };
-        let (db, server) = db;
-        Ok(Self::assemble(config, redactor, clock, db, server))
+        }
+        .await;
+        match connected {
+            Ok(()) => Ok(manager),
+            Err(error) => Err(ConnectError::Unreachable {
+                target: target_of(&manager.inner.config),
+                attempts: error.retry_count() + 1,
+                class: error.class(),
+                cause: last_cause.unwrap_or_else(|| error.to_string()),
+            }),
+        }
+    }
+
+    /// One attempt of [`DbManager::connect`]: choose the server and open the pool on it.
+    async fn connect_attempt(&self) -> Result<(), Failure> {
+        use tracing::Instrument as _;
+        let config = &self.inner.config;
+        let span = tracing::info_span!("connect", target = %target_of(config));
+        span.in_scope(|| tracing::info!(url = %config.url, "connecting"));
+        let (db, server) = open_selected(config)
+            .instrument(span)
+            .await
+            .map_err(|(classified, cause)| Failure::Attempt(sea_orm::DbErr::Custom(cause), classified))?;
+        self.install_pool(db, server);
+        Ok(())
     }
 
     /// Starts without waiting for the database: connections open on first use, so a service
@@ -292,10 +314,8 @@ impl DbManager {
 
     fn assemble(config: DbConfig, redactor: Redactor, clock: Clock, db: DatabaseConnection, server: usize) -> Self {
         let now = clock.now();
-        let guard = Guard {
-            breaker: CircuitBreaker::new(config.breaker),
-            budget: RetryBudget::new(RETRY_BUDGET_CAPACITY, RETRY_BUDGET_REFILL_PER_SEC, now),
-        };
+        let guard =
+            CallGuard::new(config.breaker, RetryBudget::new(RETRY_BUDGET_CAPACITY, RETRY_BUDGET_REFILL_PER_SEC, now));
         record_breaker_state(BreakerState::Closed);
         let inner = Inner {
             health: HealthState::new(&config),
@@ -344,8 +364,7 @@ impl DbManager {
 
     /// The circuit breaker's state now.
     pub fn breaker_state(&self) -> BreakerState {
-        let now = self.inner.clock.now();
-        self.inner.with_guard(|guard| guard.breaker.state(now))
+        self.inner.breaker_state(self.inner.clock.now())
     }
 
     /// Health, pool, counters, breaker, plugins and the last error on one page.
@@ -391,7 +410,7 @@ impl DbManager {
             // Another caller rebuilt the pool while we waited: share its result.
             return Ok(self.check_health(false).await);
         }
-        self.rebuild_locked(generation_seen, Rebuild::Always).await?;
+        self.rebuild_locked(Rebuild::Always).await?;
         Ok(self.check_health(true).await)
     }
 
@@ -400,7 +419,7 @@ impl DbManager {
     /// only). Callers that failed together share one attempt: nothing is done when the pool
     /// was replaced, or a rebuild was attempted, since this caller saw its failure.
     pub(crate) async fn fail_over(&self, class: ErrorClass, failed_generation: u64) {
-        if self.inner.config.url.hosts().len() < 2 || !suggests_failover(class) {
+        if self.inner.config.url.hosts().len() < 2 || !class.suggests_failover() {
             return;
         }
         let attempts_seen = self.inner.rebuild_attempts.load(Ordering::Acquire);
@@ -413,17 +432,17 @@ impl DbManager {
         tracing::warn!(class = class.as_str(), "choosing the database server again");
         // A busy pool or a restarting server that is still the right one keeps its pool: sqlx
         // replaces broken connections itself.
-        let _ = self.rebuild_locked(failed_generation, Rebuild::IfServerChanged).await;
+        let _ = self.rebuild_locked(Rebuild::IfServerChanged).await;
     }
 
     /// Chooses the server now and, unless `when` says the current pool's server is still the
     /// one, builds a new pool on it, swaps it in atomically, and closes the old one once
     /// in-flight work on it has finished. The caller holds `reconnect_lock`.
-    async fn rebuild_locked(&self, generation_seen: u64, when: Rebuild) -> Result<(), crate::DbError> {
+    async fn rebuild_locked(&self, when: Rebuild) -> Result<(), crate::DbError> {
         self.inner.rebuild_attempts.fetch_add(1, Ordering::AcqRel);
         let span = tracing::info_span!("reconnect", target = %target_of(&self.inner.config));
         let _entered = span.enter();
-        let started = tokio::time::Instant::now();
+        let started = self.inner.clock.now();
         let current = self.pool_slot().server;
         let opened = match pool::select_server(&self.inner.config).await {
             Ok(server) if when == Rebuild::IfServerChanged && server == current => return Ok(()),
@@ -447,24 +466,30 @@ impl DbManager {
                 ));
             }
         };
-        let generation = generation_seen + 1;
-        let old = self.inner.pool.swap(Arc::new(PoolSlot { db, generation, server }));
-        self.inner.generation.store(generation, Ordering::Release);
-        self.inner.with_guard(|guard| guard.breaker.reset());
-        record_breaker_state(BreakerState::Closed);
+        let generation = self.install_pool(db, server);
         self.inner.stats.on_reconnect(true);
         tracing::info!(
             generation,
             server = %pool::server_label(&self.inner.config, server),
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            elapsed_ms = self.inner.clock.now().saturating_duration_since(started).as_millis() as u64,
             "pool rebuilt"
         );
+        Ok(())
+    }
+
+    /// Swaps in a pool on `server` as the next generation, closes the breaker (the new pool
+    /// starts with a clean record) and retires the old pool. Returns the new generation.
+    fn install_pool(&self, db: DatabaseConnection, server: usize) -> u64 {
+        let generation = self.inner.generation() + 1;
+        let old = self.inner.pool.swap(Arc::new(PoolSlot { db, generation, server }));
+        self.inner.generation.store(generation, Ordering::Release);
+        self.inner.guard_reset(self.inner.clock.now());
         // Calls that already hold the old pool finish on it; sqlx closes each connection as it
         // comes back, and new acquires there fail fast as PoolClosed, which the runner retries
         // on the new pool.
         tokio::spawn(async move { pool::close(&old.db).await });
         self.inner.health.mark_stale();
-        Ok(())
+        generation
     }
 
     /// Closes the pool (waiting for checked-out connections) and stops the monitor.
@@ -475,9 +500,10 @@ impl DbManager {
 
     /// Waits up to `timeout` for the pool to be idle; used by graceful shutdown.
     pub async fn drain(&self, timeout: Duration) {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while tokio::time::Instant::now() < deadline && self.pool_status().checked_out > 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let clock = &self.inner.clock;
+        let deadline = clock.now() + timeout;
+        while clock.now() < deadline && self.pool_status().checked_out > 0 {
+            clock.sleep_until(clock.now() + Duration::from_millis(20)).await;
         }
     }
 }

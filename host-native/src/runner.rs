@@ -1,8 +1,10 @@
-//! The retry runner: the only loop that retries, and (through [`Clock`]) the only place that
-//! sleeps. Classification happens in [`crate::classify`], decisions in core.
+//! The retry runner: [`GuardedCall`] and its three steps are the only retry logic. It sleeps through the
+//! manager's [`Clock`](crate::clock::Clock); classification happens in [`crate::classify`],
+//! decisions (policy, breaker, budget, class rules) in core.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use dbguard_core::{
     Admission, AttemptInfo, DatabaseType, Decision, ErrorClass, GiveUpReason, Idempotency, Instant, PolicyVerdict,
@@ -37,11 +39,30 @@ enum StepError {
     TimedOut(DbErr),
 }
 
-enum Failure {
+/// How one attempt of a guarded call failed.
+pub(crate) enum Failure {
     /// Nothing reached the database because a reconnect closed the pool: go again at once.
     RaceWithReconnect,
     /// Classified failure of an attempt.
     Attempt(DbErr, Classified),
+}
+
+/// One guarded call in progress: its retry schedule and what it has seen so far.
+pub(crate) struct GuardedCall {
+    state: RetryState<SeededRng>,
+    idempotency: Idempotency,
+    waits: Waits,
+    started: Instant,
+    last_failure: Option<ErrorClass>,
+}
+
+/// Whether a retry first waits for a server that may be gone ([`crate::reachability`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waits {
+    /// Calls on a pool: the pool cannot tell a restarted server from a dead one.
+    ForServer,
+    /// The first connect, whose attempt is itself a direct connect.
+    Never,
 }
 
 impl DbManager {
@@ -81,32 +102,12 @@ impl DbManager {
         F: FnMut(DatabaseConnection) -> Fut,
         Fut: Future<Output = Result<T, DbErr>>,
     {
-        let started = tokio::time::Instant::now();
-        let mut state = self.retry_state(policy, idempotency);
-        let mut last_failure = None;
+        let mut call = self.begin_call(policy, idempotency, Waits::ForServer);
         loop {
-            if !self.admit(&mut state, started).await? {
-                continue;
-            }
-            let slot = self.pool_slot();
-            let failure = match self.wait_for_server(&slot, last_failure).await {
-                Err(unreachable) => Failure::Attempt(unreachable.to_db_err(), unreachable.classified),
-                Ok(()) => match self.within_deadline(op(slot.db.clone())).await {
-                    Ok(value) => {
-                        self.on_call_success(started);
-                        return Ok(value);
-                    }
-                    Err(StepError::Failed(err)) => self.classify_failure(err, slot.generation),
-                    Err(StepError::TimedOut(err)) => Failure::Attempt(err, Classified::timeout()),
-                },
-            };
-            match failure {
-                Failure::RaceWithReconnect => continue,
-                Failure::Attempt(err, classified) => {
-                    last_failure = Some(
-                        self.after_failure(&mut state, err, classified, idempotency, started, slot.generation).await?,
-                    );
-                }
+            let slot = self.next_attempt(&mut call).await?;
+            let outcome = self.step(&slot, op(slot.db.clone())).await;
+            if let Some(value) = self.settle(&mut call, &slot, outcome).await? {
+                return Ok(value);
             }
         }
     }
@@ -140,53 +141,103 @@ impl DbManager {
     where
         F: for<'c> FnMut(&'c DatabaseTransaction) -> TxnFuture<'c, T>,
     {
-        let started = tokio::time::Instant::now();
         // Until COMMIT is sent the server rolls back whatever happened, so the body is safe
         // to repeat as a whole.
-        let mut state = self.retry_state(self.config().retry, Idempotency::Idempotent);
-        let idempotency = Idempotency::Idempotent;
-        let mut last_failure = None;
+        let mut call = self.begin_call(self.config().retry, Idempotency::Idempotent, Waits::ForServer);
         loop {
-            if !self.admit(&mut state, started).await? {
+            let slot = self.next_attempt(&mut call).await?;
+            let outcome = self.transaction_attempt(&slot, &options, &mut body).await;
+            if let Some(value) = self.settle(&mut call, &slot, outcome).await? {
+                return Ok(value);
+            }
+        }
+    }
+
+    /// One attempt of a transaction: begin, the body, commit.
+    async fn transaction_attempt<T, F>(&self, slot: &PoolSlot, options: &TxnOptions, body: &mut F) -> Result<T, Failure>
+    where
+        F: for<'c> FnMut(&'c DatabaseTransaction) -> TxnFuture<'c, T>,
+    {
+        let txn = self.step(slot, slot.db.begin_with_options(options.to_sea_orm())).await?;
+        let value = match self.step(slot, body(&txn)).await {
+            Ok(value) => value,
+            Err(failure) => {
+                // A failed rollback means the connection is gone; the server rolls back. (An
+                // abandoned transaction is rolled back once the server answers.)
+                let _ = txn.rollback().await;
+                return Err(failure);
+            }
+        };
+        match self.within_deadline(txn.commit()).await {
+            Ok(()) => Ok(value),
+            Err(StepError::Failed(err)) => Err(self.classify_commit_failure(err)),
+            // COMMIT was sent and nothing came back: it may have applied.
+            Err(StepError::TimedOut(err)) => {
+                Err(Failure::Attempt(err, Classified::of(ErrorClass::CommitOutcomeUnknown)))
+            }
+        }
+    }
+
+    /// Starts a guarded call. Every retrying caller (`run`, `transaction`, the first connect)
+    /// drives the same three steps in its loop: [`DbManager::next_attempt`] for the pool slot to
+    /// try, its own attempt on that slot, and [`DbManager::settle`] for the outcome.
+    pub(crate) fn begin_call(&self, policy: RetryPolicy, idempotency: Idempotency, waits: Waits) -> GuardedCall {
+        GuardedCall {
+            state: RetryState::with_rng(policy, idempotency, SeededRng::new(self.inner.next_seed())),
+            idempotency,
+            waits,
+            started: self.inner.clock.now(),
+            last_failure: None,
+        }
+    }
+
+    /// The pool slot the next attempt of `call` runs on, once the breaker admits it and (after
+    /// a failure that says the server may be gone) the server answers again. Fails with the
+    /// error to surface when the call must give up first.
+    pub(crate) async fn next_attempt(&self, call: &mut GuardedCall) -> Result<Arc<PoolSlot>, DbError> {
+        loop {
+            if !self.admit(call).await? {
                 continue;
             }
             let slot = self.pool_slot();
-            let outcome = match self.wait_for_server(&slot, last_failure).await {
-                Err(unreachable) => Err(Failure::Attempt(unreachable.to_db_err(), unreachable.classified)),
-                Ok(()) => match self.within_deadline(slot.db.begin_with_options(options.to_sea_orm())).await {
-                    Err(StepError::Failed(err)) => Err(self.classify_failure(err, slot.generation)),
-                    Err(StepError::TimedOut(err)) => Err(Failure::Attempt(err, Classified::timeout())),
-                    Ok(txn) => match self.within_deadline(body(&txn)).await {
-                        Err(StepError::Failed(err)) => {
-                            // A failed rollback means the connection is gone; the server rolls back.
-                            let _ = txn.rollback().await;
-                            Err(self.classify_failure(err, slot.generation))
-                        }
-                        // Dropping an unanswered transaction rolls it back once the server answers.
-                        Err(StepError::TimedOut(err)) => Err(Failure::Attempt(err, Classified::timeout())),
-                        Ok(value) => match self.within_deadline(txn.commit()).await {
-                            Ok(()) => Ok(value),
-                            Err(StepError::Failed(err)) => Err(self.classify_commit_failure(err)),
-                            // COMMIT was sent and nothing came back: it may have applied.
-                            Err(StepError::TimedOut(err)) => {
-                                Err(Failure::Attempt(err, Classified::of(ErrorClass::CommitOutcomeUnknown)))
-                            }
-                        },
-                    },
-                },
-            };
-            match outcome {
-                Ok(value) => {
-                    self.on_call_success(started);
-                    return Ok(value);
-                }
-                Err(Failure::RaceWithReconnect) => continue,
-                Err(Failure::Attempt(err, classified)) => {
-                    last_failure = Some(
-                        self.after_failure(&mut state, err, classified, idempotency, started, slot.generation).await?,
-                    );
+            match self.wait_for_server(&slot, call.waits, call.last_failure).await {
+                Ok(()) => return Ok(slot),
+                Err(unreachable) => {
+                    let failure = Failure::Attempt(unreachable.to_db_err(), unreachable.classified);
+                    self.settle::<()>(call, &slot, Err(failure)).await?;
                 }
             }
+        }
+    }
+
+    /// Records the outcome of an attempt on `slot`: the value to return, `None` to try again
+    /// (after sleeping until the retry), or the error to surface.
+    pub(crate) async fn settle<T>(
+        &self,
+        call: &mut GuardedCall,
+        slot: &PoolSlot,
+        outcome: Result<T, Failure>,
+    ) -> Result<Option<T>, DbError> {
+        match outcome {
+            Ok(value) => {
+                self.on_call_success(call.started);
+                Ok(Some(value))
+            }
+            Err(Failure::RaceWithReconnect) => Ok(None),
+            Err(Failure::Attempt(err, classified)) => {
+                call.last_failure = Some(self.after_failure(call, err, classified, slot.generation).await?);
+                Ok(None)
+            }
+        }
+    }
+
+    /// One database step of an attempt on `slot`, within the attempt deadline, with its
+    /// failure classified.
+    async fn step<T>(&self, slot: &PoolSlot, step: impl Future<Output = Result<T, DbErr>>) -> Result<T, Failure> {
+        match self.within_deadline(step).await {
+            Ok(value) => Ok(value),
+            Err(StepError::Failed(err)) => Err(self.classify_failure(err, slot.generation)),
+            Err(StepError::TimedOut(err)) => Err(Failure::Attempt(err, Classified::timeout())),
         }
     }
 
@@ -195,9 +246,17 @@ impl DbManager {
     /// still holds idle connections to the old server process, which sqlx tests and drops at
     /// checkout before it starts its own connect backoff. Returns at once for other failures
     /// and always for SQLite (a file has no server to come back).
-    async fn wait_for_server(&self, slot: &PoolSlot, last_failure: Option<ErrorClass>) -> Result<(), Unreachable> {
+    async fn wait_for_server(
+        &self,
+        slot: &PoolSlot,
+        waits: Waits,
+        last_failure: Option<ErrorClass>,
+    ) -> Result<(), Unreachable> {
         let config = &self.inner.config;
-        if !last_failure.is_some_and(server_may_be_gone) || config.database_type() != DatabaseType::Postgresql {
+        if waits == Waits::Never
+            || !last_failure.is_some_and(ErrorClass::says_server_may_be_gone)
+            || config.database_type() != DatabaseType::Postgresql
+        {
             return Ok(());
         }
         self.inner.reachability.wait(config, slot.server, &self.inner.clock).await
@@ -209,26 +268,23 @@ impl DbManager {
     /// network partition), and the caller gets a timeout instead of a hang.
     async fn within_deadline<T>(&self, step: impl Future<Output = Result<T, DbErr>>) -> Result<T, StepError> {
         let deadline = self.inner.config.pool.attempt_deadline();
-        match tokio::time::timeout(deadline, step).await {
-            Ok(result) => result.map_err(StepError::Failed),
-            Err(_) => Err(StepError::TimedOut(DbErr::Custom(format!(
+        match self.inner.clock.timeout(deadline, step).await {
+            Some(result) => result.map_err(StepError::Failed),
+            None => Err(StepError::TimedOut(DbErr::Custom(format!(
                 "no answer from the database within {} ms; the attempt was abandoned",
                 deadline.as_millis()
             )))),
         }
     }
 
-    fn retry_state(&self, policy: RetryPolicy, idempotency: Idempotency) -> RetryState<SeededRng> {
-        RetryState::with_rng(policy, idempotency, SeededRng::new(self.inner.next_seed()))
-    }
-
     /// Asks the breaker whether this attempt may reach the database. A new call is refused at
     /// once while the breaker is open (fail fast). A call already retrying instead waits out
     /// its own schedule without touching the database, and is refused only when the schedule
     /// is used up. Returns `Ok(false)` when the caller should ask again.
-    async fn admit(&self, state: &mut RetryState<SeededRng>, started: tokio::time::Instant) -> Result<bool, DbError> {
+    async fn admit(&self, call: &mut GuardedCall) -> Result<bool, DbError> {
+        let (state, started) = (&mut call.state, call.started);
         let now = self.inner.clock.now();
-        let admission = self.inner.with_guard(|guard| guard.breaker.admit(now));
+        let admission = self.inner.guard_admit(now);
         let Admission::Rejected { retry_at } = admission else { return Ok(true) };
         metrics::counter!(crate::stats::names::BREAKER_REJECTIONS).increment(1);
         if state.retries() > 0
@@ -243,17 +299,17 @@ impl DbManager {
             state.retries(),
             Some(rfc3339_now()),
         );
-        self.inner.stats.on_call(started.elapsed(), false);
+        self.inner.stats.on_call(now.saturating_duration_since(started), false);
         self.inner.stats.on_surfaced_error(error.class(), &error.to_string(), rfc3339_now());
         // Failing fast must not starve the runtime when a caller loops on it.
         tokio::task::consume_budget().await;
         Err(error)
     }
 
-    fn on_call_success(&self, started: tokio::time::Instant) {
+    fn on_call_success(&self, started: Instant) {
         let now = self.inner.clock.now();
-        self.inner.with_guard(|guard| guard.breaker.on_success(now));
-        self.inner.stats.on_call(started.elapsed(), true);
+        self.inner.guard_success(now);
+        self.inner.stats.on_call(now.saturating_duration_since(started), true);
     }
 
     fn classify_failure(&self, err: DbErr, generation: u64) -> Failure {
@@ -267,7 +323,7 @@ impl DbManager {
     fn classify_commit_failure(&self, err: DbErr) -> Failure {
         let mut classified = classify_db_err(&err);
         // The server may or may not have committed: only an answer from it settles that.
-        if commit_may_have_applied(classified.class) {
+        if classified.class.may_have_applied() {
             classified.class = ErrorClass::CommitOutcomeUnknown;
         }
         Failure::Attempt(err, classified)
@@ -279,13 +335,12 @@ impl DbManager {
     /// its server again.
     async fn after_failure(
         &self,
-        state: &mut RetryState<SeededRng>,
+        call: &mut GuardedCall,
         err: DbErr,
         classified: Classified,
-        idempotency: Idempotency,
-        started: tokio::time::Instant,
         generation: u64,
     ) -> Result<ErrorClass, DbError> {
+        let (state, idempotency, started) = (&mut call.state, call.idempotency, call.started);
         let (classified, cause) = self.inner.explain_pool_timeout(classified).await;
         self.fail_over(classified.class, generation).await;
         let now = self.inner.clock.now();
@@ -310,7 +365,7 @@ impl DbManager {
                 Ok(class)
             }
             Decision::GiveUp(reason) => {
-                let surfaced = surfaced_class(class, idempotency, &reason);
+                let surfaced = class.surfaced(idempotency, &reason);
                 let error = DbError::from_db_err(
                     err,
                     cause,
@@ -322,7 +377,7 @@ impl DbManager {
                     &self.inner.redactor,
                 );
                 tracing::debug!(class = surfaced.as_str(), retries = state.retries(), error = %error, "giving up");
-                self.inner.stats.on_call(started.elapsed(), false);
+                self.inner.stats.on_call(now.saturating_duration_since(started), false);
                 self.inner.stats.on_surfaced_error(surfaced, &error.to_string(), rfc3339_now());
                 Err(error)
             }
@@ -338,68 +393,11 @@ impl DbManager {
             None => state.on_failure(now, classified.class),
         };
         match decision {
-            Decision::RetryAt(deadline) if !self.inner.with_guard(|guard| guard.budget.try_withdraw(now)) => {
+            Decision::RetryAt(deadline) if !self.inner.guard_spend_retry(now) => {
                 let _ = deadline;
                 Decision::GiveUp(GiveUpReason::RetryBudgetExhausted)
             }
             other => other,
         }
-    }
-}
-
-/// Classes that say the server itself may be gone (stopped, restarting, failing over), as
-/// opposed to one connection or one statement failing.
-fn server_may_be_gone(class: ErrorClass) -> bool {
-    matches!(
-        class,
-        ErrorClass::ConnectionRefused
-            | ErrorClass::ConnectionLost
-            | ErrorClass::ServerShuttingDown
-            | ErrorClass::ServerStarting
-    )
-}
-
-/// Classes after which a write sent on that connection may or may not have been applied.
-fn commit_may_have_applied(class: ErrorClass) -> bool {
-    matches!(
-        class,
-        ErrorClass::ConnectionLost
-            | ErrorClass::Timeout
-            | ErrorClass::ServerShuttingDown
-            | ErrorClass::ServerSystemError
-    )
-}
-
-/// A non-idempotent call whose connection died is reported as outcome-unknown: the caller must
-/// resolve it (by an idempotency key), not assume it failed.
-fn surfaced_class(class: ErrorClass, idempotency: Idempotency, reason: &GiveUpReason) -> ErrorClass {
-    match reason {
-        GiveUpReason::UnsafeToRepeat(_)
-            if idempotency == Idempotency::NonIdempotent && commit_may_have_applied(class) =>
-        {
-            ErrorClass::CommitOutcomeUnknown
-        }
-        _ => class,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lost_connections_on_writes_are_outcome_unknown() {
-        let unsafe_lost = GiveUpReason::UnsafeToRepeat(ErrorClass::ConnectionLost);
-        assert_eq!(
-            surfaced_class(ErrorClass::ConnectionLost, Idempotency::NonIdempotent, &unsafe_lost),
-            ErrorClass::CommitOutcomeUnknown
-        );
-        let exhausted = GiveUpReason::RetriesExhausted(3);
-        assert_eq!(
-            surfaced_class(ErrorClass::ConnectionLost, Idempotency::Idempotent, &exhausted),
-            ErrorClass::ConnectionLost
-        );
-        let syntax = GiveUpReason::NotRetryable(ErrorClass::Syntax);
-        assert_eq!(surfaced_class(ErrorClass::Syntax, Idempotency::NonIdempotent, &syntax), ErrorClass::Syntax);
     }
 }

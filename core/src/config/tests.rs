@@ -1,6 +1,7 @@
 use core::time::Duration;
 
 use super::*;
+use crate::retry::Jitter;
 
 const SECRET: &str = "Zq9-never-show-this-password";
 

@@ -12,4 +12,4 @@ pub use breaker::{Admission, BreakerConfig, BreakerState, CircuitBreaker};
 pub use budget::RetryBudget;
 pub use guard::{CallGuard, Transition};
 pub use policy::{Jitter, RetryPolicy, RetryPolicyBuilder, RetryPolicyError};
-pub use state::{AttemptInfo, Decision, GiveUpReason, Idempotency, PolicyVerdict, RetryState};
+pub use state::{AttemptInfo, Decision, GiveUpReason, Idempotency, PolicyVerdict, RetryState, builtin_verdict};

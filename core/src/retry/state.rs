@@ -70,6 +70,20 @@ pub struct AttemptInfo {
     pub idempotent: bool,
 }
 
+/// The built-in policy's answer for one failure: retry a retryable class on `policy`'s
+/// schedule, give up on any other. The plugin host answers with it whenever a plugin cannot.
+pub fn builtin_verdict<R: RandomSource + ?Sized>(
+    policy: &RetryPolicy,
+    info: &AttemptInfo,
+    rng: &mut R,
+) -> PolicyVerdict {
+    if !info.class.is_retryable() {
+        return PolicyVerdict::GiveUp(GiveUpReason::NotRetryable(info.class).to_string());
+    }
+    let retries_so_far = info.attempt.saturating_sub(1);
+    PolicyVerdict::RetryAfter(delay_for(policy, retries_so_far, info.previous_delay, rng))
+}
+
 /// A policy's answer for one failure, before the state machine applies its hard limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PolicyVerdict {
@@ -131,12 +145,7 @@ impl<R: RandomSource> RetryState<R> {
 
     /// Handles a failed attempt at `now` with the built-in policy.
     pub fn on_failure(&mut self, now: Instant, class: ErrorClass) -> Decision {
-        self.decide(now, class, None, |state, info| {
-            if !info.class.is_retryable() {
-                return PolicyVerdict::GiveUp(GiveUpReason::NotRetryable(info.class).to_string());
-            }
-            PolicyVerdict::RetryAfter(delay_for(&state.policy, state.retries, state.previous_delay, &mut state.rng))
-        })
+        self.decide(now, class, None, |state, info| builtin_verdict(&state.policy, info, &mut state.rng))
     }
 
     /// Handles a failed attempt at `now`, letting `policy` (a plugin, say) choose whether and

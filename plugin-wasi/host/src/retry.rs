@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use dbguard_core::ErrorClass;
-use dbguard_core::retry::{AttemptInfo, GiveUpReason, PolicyVerdict, RetryPolicy, backoff};
+use dbguard_core::retry::{AttemptInfo, PolicyVerdict, RetryPolicy, builtin_verdict};
 use dbguard_core::rng::SeededRng;
 use wasmtime::Store;
 
@@ -320,17 +320,9 @@ impl ActiveRetryPolicy {
     }
 
     fn builtin_uncounted(&self, info: &AttemptInfo) -> PolicyVerdict {
-        if !info.class.is_retryable() {
-            return PolicyVerdict::GiveUp(GiveUpReason::NotRetryable(info.class).to_string());
-        }
-        let retries_so_far = info.attempt.saturating_sub(1);
-        let delay = match self.inner.fallback_rng.lock() {
-            Ok(mut rng) => {
-                backoff::delay_for(&self.inner.fallback_policy, retries_so_far, info.previous_delay, &mut *rng)
-            }
-            Err(_) => backoff::nominal_delay(&self.inner.fallback_policy, retries_so_far),
-        };
-        PolicyVerdict::RetryAfter(delay)
+        // A poisoned lock only means a panic mid-draw; the generator's state is still valid.
+        let mut rng = self.inner.fallback_rng.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        builtin_verdict(&self.inner.fallback_policy, info, &mut *rng)
     }
 
     /// How many calls got the built-in verdict because the plugin faulted or was quarantined.

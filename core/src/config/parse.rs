@@ -78,6 +78,7 @@ impl Parser<'_> {
                     "a URL like postgres://user:password@host:5432/db or sqlite://path/to/file.db ({why})"
                 ),
             },
+            UrlError::Parameter(why) => ConfigError::Invalid { variable: name, value: redact(raw), expected: why },
         })
     }
 
@@ -107,6 +108,15 @@ impl Parser<'_> {
                             test_url.database_type(),
                             url.database_type()
                         ),
+                    });
+                }
+                if let Some(raw) = test_url.param("sslmode")
+                    && SslMode::parse(raw).is_none()
+                {
+                    return Err(ConfigError::Invalid {
+                        variable: vars::DB_TEST_URL,
+                        value: format!("sslmode={raw}"),
+                        expected: format!("sslmode one of {}", SslMode::ACCEPTED),
                     });
                 }
                 Some(test_url)
@@ -262,6 +272,14 @@ impl Parser<'_> {
                     variable: vars::JWT_SECRET,
                     value: "<redacted>".to_owned(),
                     expected: format!("a secret of at least 32 bytes (got {})", raw.len()),
+                });
+            }
+            Some(raw) if raw.trim().is_empty() || raw.bytes().all(|b| b == raw.as_bytes()[0]) => {
+                return Err(ConfigError::Invalid {
+                    variable: vars::JWT_SECRET,
+                    value: "<redacted>".to_owned(),
+                    expected: "a random secret of at least 32 bytes (this one is blank or one repeated character)"
+                        .to_owned(),
                 });
             }
             Some(raw) => Some(Secret::new(raw)),

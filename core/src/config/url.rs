@@ -82,6 +82,45 @@ const TARGET_SESSION_ATTRS: &str = "target_session_attrs";
 pub(crate) enum UrlError {
     UnsupportedScheme(String),
     Malformed(&'static str),
+    /// A query parameter that is unknown, repeated or has no effect, explained.
+    Parameter(String),
+}
+
+/// Query parameters the PostgreSQL driver acts on, in libpq's spelling (sqlx's hyphenated
+/// aliases are left out so that dbguard's own `sslmode` checks see every TLS setting), plus
+/// `target_session_attrs`. Anything else would be ignored silently.
+const POSTGRES_PARAMS: &[&str] = &[
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+    TARGET_SESSION_ATTRS,
+];
+
+/// Query parameters the SQLite driver acts on.
+const SQLITE_PARAMS: &[&str] = &["mode", "cache", "immutable", "vfs"];
+
+/// Refuses a parameter the driver would ignore, and one given twice (which one wins is the
+/// driver's accident, and `sslmode=disable&sslmode=require` must not be a guess).
+fn check_params(params: &[(String, String)], known: &[&str]) -> Result<(), UrlError> {
+    for (index, (key, _)) in params.iter().enumerate() {
+        if !known.contains(&key.as_str()) {
+            return Err(UrlError::Parameter(format!("unknown query parameter `{key}`; known: {}", known.join(", "))));
+        }
+        if params[..index].iter().any(|(earlier, _)| earlier == key) {
+            return Err(UrlError::Parameter(format!("query parameter `{key}` is given more than once")));
+        }
+    }
+    Ok(())
 }
 
 /// A parsed database URL. `Debug` and `Display` show it with the password replaced by `***`;
@@ -133,6 +172,12 @@ impl DatabaseUrl {
             hosts.push(parse_host_port(part)?);
         }
         let params = parse_params(query)?;
+        check_params(&params, POSTGRES_PARAMS)?;
+        if hosts.is_empty() && !params.iter().any(|(k, _)| k == "host" || k == "hostaddr") {
+            return Err(UrlError::Malformed(
+                "no host (write postgres://user@host/db, or name a socket directory with ?host=/run/postgresql)",
+            ));
+        }
         let target_session_attrs = match params.iter().find(|(k, _)| k == TARGET_SESSION_ATTRS) {
             Some((_, value)) => TargetSessionAttrs::parse(value)?,
             None => TargetSessionAttrs::Any,
@@ -162,6 +207,8 @@ impl DatabaseUrl {
         if path.is_empty() {
             return Err(UrlError::Malformed("no database file (expected sqlite://path/to/file.db or sqlite::memory:)"));
         }
+        let params = parse_params(query)?;
+        check_params(&params, SQLITE_PARAMS)?;
         Ok(Self {
             raw: raw.to_owned(),
             database_type: DatabaseType::Sqlite,
@@ -169,7 +216,7 @@ impl DatabaseUrl {
             has_password: false,
             hosts: Vec::new(),
             database: Some(path.clone()),
-            params: parse_params(query)?,
+            params,
             target_session_attrs: TargetSessionAttrs::Any,
             sqlite_path: Some(path),
         })
@@ -413,13 +460,22 @@ mod tests {
     #[test]
     fn one_server_url_per_host() {
         let url = DatabaseUrl::parse(
-            "postgres://app:p%40ss@a:5433,[::1]:5434,c/orders?sslmode=disable&target_session_attrs=read-write&x=1",
+            "postgres://app:p%40ss@a:5433,[::1]:5434,c/orders?sslmode=disable&target_session_attrs=read-write&application_name=svc",
         )
         .expect("parses");
         assert_eq!(url.target_session_attrs(), TargetSessionAttrs::ReadWrite);
-        assert_eq!(url.server_url(0).as_deref(), Some("postgres://app:p%40ss@a:5433/orders?sslmode=disable&x=1"));
-        assert_eq!(url.server_url(1).as_deref(), Some("postgres://app:p%40ss@[::1]:5434/orders?sslmode=disable&x=1"));
-        assert_eq!(url.server_url(2).as_deref(), Some("postgres://app:p%40ss@c/orders?sslmode=disable&x=1"));
+        assert_eq!(
+            url.server_url(0).as_deref(),
+            Some("postgres://app:p%40ss@a:5433/orders?sslmode=disable&application_name=svc")
+        );
+        assert_eq!(
+            url.server_url(1).as_deref(),
+            Some("postgres://app:p%40ss@[::1]:5434/orders?sslmode=disable&application_name=svc")
+        );
+        assert_eq!(
+            url.server_url(2).as_deref(),
+            Some("postgres://app:p%40ss@c/orders?sslmode=disable&application_name=svc")
+        );
         assert_eq!(url.server_url(3), None);
 
         let plain = DatabaseUrl::parse("postgresql://h/db").expect("parses");
@@ -429,6 +485,23 @@ mod tests {
         assert_eq!(socket.server_url(0).as_deref(), Some("postgres:///db?host=/run/postgresql"));
         assert_eq!(socket.server_url(1), None);
         assert_eq!(DatabaseUrl::parse("sqlite://a.db").expect("parses").server_url(0), None);
+    }
+
+    #[test]
+    fn refuses_parameters_that_would_do_nothing() {
+        for raw in [
+            "postgres:///db",
+            "postgres://app@/db",
+            "postgres://h/db?sslmode=disable&sslmode=require",
+            "postgres://h/db?connect_timeout=5",
+            "postgres://h/db?sslmod=require",
+            "sqlite://a.db?journal=wal",
+            "sqlite://a.db?mode=ro&mode=rw",
+        ] {
+            assert!(DatabaseUrl::parse(raw).is_err(), "{raw} must be refused");
+        }
+        assert!(DatabaseUrl::parse("sqlite://a.db?mode=ro").is_ok());
+        assert!(DatabaseUrl::parse("postgres:///db?host=/run/postgresql").is_ok());
     }
 
     #[test]
@@ -478,7 +551,7 @@ mod tests {
             format!("postgres://app:{secret}@db/x"),
             format!("postgres://app:{secret}@db1,db2:5433/x?sslmode=require"),
             format!("postgres://db/x?user=app&password={secret}"),
-            format!("postgres://db/x?PASSWORD={secret}&sslmode=disable"),
+            format!("postgres://db/x?sslmode=disable&password={secret}"),
         ] {
             let url = DatabaseUrl::parse(&text).expect("parses");
             for shown in [format!("{url}"), format!("{url:?}"), url.redacted(), redact(&text)] {
@@ -489,6 +562,10 @@ mod tests {
         assert_eq!(redact("postgres://app:pw@db:5432/x"), "postgres://app:***@db:5432/x");
         assert_eq!(redact("garbage://u:pw@@h"), "garbage://u:***@h");
         assert_eq!(redact("host=db password=pw user=x"), "host=db password=*** user=x");
+        // Refused as an unknown parameter, and still not shown in the refusal.
+        let upper = format!("postgres://db/x?PASSWORD={secret}&sslmode=disable");
+        assert!(DatabaseUrl::parse(&upper).is_err());
+        assert!(!redact(&upper).contains(secret), "{}", redact(&upper));
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub mod time;
 pub use api::{DatabaseStatus, ErrorBody, LastError, MetricsSummary, PluginStatus, SuccessEnvelope};
 pub use classify::ErrorClass;
 pub use config::{
-    ConfigError, ConnectionInfo, DatabaseType, DatabaseUrl, DbConfig, PoolConfig, Profile, Secret, SslMode,
+    ConfigError, ConnectionInfo, DatabaseType, DatabaseUrl, DbConfig, LogFormat, PoolConfig, Profile, Secret, SslMode,
     TargetSessionAttrs,
 };
 pub use health::{CachedReport, CheckResult, CheckStatus, HealthReport, HealthStatus, PoolStatus};

@@ -72,6 +72,8 @@ pub mod vars {
     pub const DBGUARD_PLUGIN_DIR: &str = "DBGUARD_PLUGIN_DIR";
     /// Whether `/metrics` needs a token.
     pub const DBGUARD_METRICS_AUTH: &str = "DBGUARD_METRICS_AUTH";
+    /// Log line format: `json` or `text`.
+    pub const DBGUARD_LOG_FORMAT: &str = "DBGUARD_LOG_FORMAT";
     /// HS256 secret for API tokens.
     pub const JWT_SECRET: &str = "JWT_SECRET";
     /// PEM public key (RS256 or EdDSA) for API tokens.
@@ -109,6 +111,7 @@ pub mod vars {
         DBGUARD_BIND,
         DBGUARD_PLUGIN_DIR,
         DBGUARD_METRICS_AUTH,
+        DBGUARD_LOG_FORMAT,
         JWT_SECRET,
         "JWT_SECRET_FILE",
         JWT_PUBLIC_KEY_FILE,
@@ -288,6 +291,37 @@ impl fmt::Display for Secret {
     }
 }
 
+/// How the host writes log lines (`DBGUARD_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line, for log collectors (the production default).
+    Json,
+    /// Human-readable lines (the development default).
+    Text,
+}
+
+impl LogFormat {
+    /// The values `DBGUARD_LOG_FORMAT` accepts.
+    pub const ACCEPTED: &'static str = "json or text";
+
+    /// Parses `json` or `text` (any case).
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "json" => Some(Self::Json),
+            "text" => Some(Self::Text),
+            _ => None,
+        }
+    }
+
+    /// The default for `profile`.
+    pub fn default_for(profile: Profile) -> Self {
+        match profile {
+            Profile::Production => Self::Json,
+            Profile::Development => Self::Text,
+        }
+    }
+}
+
 /// Settings of the HTTP service around the manager.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceConfig {
@@ -297,6 +331,8 @@ pub struct ServiceConfig {
     pub plugin_dir: Option<String>,
     /// Whether `/metrics` requires a `db:read` token.
     pub metrics_auth: bool,
+    /// How log lines are written.
+    pub log_format: LogFormat,
     /// Token verification.
     pub auth: AuthConfig,
 }

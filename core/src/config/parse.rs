@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use super::url::UrlError;
 use super::{
     AuthConfig, ConfigError, DAY, DEVELOPMENT_DEFAULT_URL, DatabaseType, DatabaseUrl, DbConfig, HOUR, HealthConfig,
-    MILLISECOND, PoolConfig, Profile, SECOND, Secret, ServiceConfig, SslMode, redact, value, vars,
+    LogFormat, MILLISECOND, PoolConfig, Profile, SECOND, Secret, ServiceConfig, SslMode, redact, value, vars,
 };
 use crate::health::ProbeThresholds;
 use crate::retry::{BreakerConfig, Jitter, RetryPolicy};
@@ -160,7 +160,7 @@ impl Parser<'_> {
             cool_down: self.duration(vars::DB_BREAKER_COOLDOWN, 5 * SECOND, MILLISECOND, HOUR)?,
             ..BreakerConfig::default()
         };
-        let service = self.service()?;
+        let service = self.service(profile)?;
 
         Ok(DbConfig {
             profile,
@@ -250,7 +250,7 @@ impl Parser<'_> {
         )
     }
 
-    fn service(&self) -> Result<ServiceConfig, ConfigError> {
+    fn service(&self, profile: Profile) -> Result<ServiceConfig, ConfigError> {
         let bind = match self.non_empty(vars::DBGUARD_BIND, "host:port, e.g. 127.0.0.1:8080")? {
             None => "127.0.0.1:8080".to_owned(),
             Some(bind) => {
@@ -300,8 +300,20 @@ impl Parser<'_> {
             bind,
             plugin_dir: self.non_empty(vars::DBGUARD_PLUGIN_DIR, "a directory path")?,
             metrics_auth: self.boolean(vars::DBGUARD_METRICS_AUTH)?.unwrap_or(false),
+            log_format: self.log_format(profile)?,
             auth,
         })
+    }
+
+    fn log_format(&self, profile: Profile) -> Result<LogFormat, ConfigError> {
+        match self.get(vars::DBGUARD_LOG_FORMAT) {
+            None => Ok(LogFormat::default_for(profile)),
+            Some(raw) => LogFormat::parse(raw).ok_or_else(|| ConfigError::Invalid {
+                variable: vars::DBGUARD_LOG_FORMAT,
+                value: raw.to_owned(),
+                expected: LogFormat::ACCEPTED.to_owned(),
+            }),
+        }
     }
 
     fn unknown_variables(&self) -> Vec<String> {

@@ -9,8 +9,8 @@ use dbguard::{DbManager, env};
 use dbguard_http::api::{self, AppState};
 use dbguard_http::auth::{Authenticator, parse_ttl};
 
-use crate::wasi_run;
-use dbguard_core::{DbConfig, Profile};
+use crate::{logging, wasi_run};
+use dbguard_core::{DbConfig, LogFormat, Profile};
 
 /// EX_CONFIG (sysexits.h): the configuration is invalid.
 pub const EXIT_CONFIG: u8 = 78;
@@ -106,8 +106,14 @@ impl Cli {
     pub fn run() -> ExitCode {
         let cli = Self::parse();
         match cli.command {
-            Command::Schemas { out } => schemas(&out),
-            Command::Wasi { command } => wasi(command),
+            Command::Schemas { out } => {
+                logging::init(LogFormat::Text);
+                schemas(&out)
+            }
+            Command::Wasi { command } => {
+                logging::init(LogFormat::Text);
+                wasi(command)
+            }
             command => {
                 let config = match env::load_config() {
                     Ok(config) => config,
@@ -116,6 +122,7 @@ impl Cli {
                         return ExitCode::from(EXIT_CONFIG);
                     }
                 };
+                logging::init(config.service.log_format);
                 for name in &config.unknown_variables {
                     tracing::warn!(variable = %name, "unknown dbguard variable ignored");
                 }
@@ -155,6 +162,7 @@ async fn serve(config: DbConfig, bind: Option<String>) -> ExitCode {
     };
     let bind = bind.unwrap_or_else(|| config.service.bind.clone());
     let profile = config.profile;
+    let log_format = config.service.log_format;
     let plugin_dir = config.service.plugin_dir.clone();
     let manager = match DbManager::connect_lazy(config).await {
         Ok(manager) => manager,
@@ -177,7 +185,13 @@ async fn serve(config: DbConfig, bind: Option<String>) -> ExitCode {
     let address = listener.local_addr().map(|a| a.to_string()).unwrap_or(bind);
     let monitor = manager.spawn_monitor();
     let info = manager.info();
-    println!("dbguard listening on http://{address} ({profile} profile, {})", target_line(&info));
+    let json_logs = log_format == LogFormat::Json;
+    if json_logs {
+        // Everything on the output is one JSON object per line for the log collector.
+        tracing::info!(%address, %profile, target = %target_line(&info), "dbguard listening");
+    } else {
+        println!("dbguard listening on http://{address} ({profile} profile, {})", target_line(&info));
+    }
     if profile == Profile::Development && state.auth().can_mint() {
         match state.auth().mint("dbguard-serve", "db:read db:admin", Duration::from_secs(3600)) {
             Ok(token) => {
@@ -191,7 +205,7 @@ async fn serve(config: DbConfig, bind: Option<String>) -> ExitCode {
             }
             Err(err) => eprintln!("dbguard: cannot mint a token: {err}"),
         }
-    } else {
+    } else if !json_logs {
         println!("mint a token with: dbguard token --scope \"db:read\" --ttl 1h");
     }
     tracing::info!(%address, "serving");

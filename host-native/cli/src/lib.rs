@@ -5,4 +5,5 @@
 //! this library holds what it runs, so tests can drive it without a process.
 
 pub mod cli;
+pub mod logging;
 pub mod wasi_run;

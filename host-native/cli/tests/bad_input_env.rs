@@ -744,6 +744,8 @@ fn rows() -> Vec<Row> {
         ),
         row("cool-down empty", &[("DB_BREAKER_COOLDOWN", To(""))], "DB_BREAKER_COOLDOWN", Invalid, "a duration"),
         row("cool-down in hours", &[("DB_BREAKER_COOLDOWN", To("2h"))], "DB_BREAKER_COOLDOWN", Invalid, "a duration"),
+        row("log format yaml", &[("DBGUARD_LOG_FORMAT", To("yaml"))], "DBGUARD_LOG_FORMAT", Invalid, "json or text"),
+        row("log format empty", &[("DBGUARD_LOG_FORMAT", To(""))], "DBGUARD_LOG_FORMAT", Invalid, "json or text"),
         // The test endpoint's login.
         row("test URL empty", &[("DB_TEST_URL", To(""))], "DB_TEST_URL", Invalid, URL),
         row(

@@ -213,6 +213,7 @@ impl DbManager {
             HealthStatus::Unhealthy => "unhealthy",
         };
         inner.stats.on_probe(status_label, elapsed);
+        inner.stats.record_pool(&report.pool_status);
         let now = inner.clock.now();
         match failure {
             // The database answered: a breaker waiting out its cool-down can close now.

@@ -362,6 +362,12 @@ impl DbManager {
         pool::status(&self.pool_slot().db, &self.inner.config)
     }
 
+    /// Sets the `dbguard_pool_connections_*` gauges to the pool's occupancy now (health probes
+    /// do it too; call it before a scrape for a fresh reading).
+    pub fn record_pool_metrics(&self) {
+        self.inner.stats.record_pool(&self.pool_status());
+    }
+
     /// The circuit breaker's state now.
     pub fn breaker_state(&self) -> BreakerState {
         self.inner.breaker_state(self.inner.clock.now())

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use dbguard_core::{ErrorClass, LastError, MetricsSummary};
+use dbguard_core::{ErrorClass, LastError, MetricsSummary, PoolStatus};
 
 /// Metric names, Prometheus style.
 pub mod names {
@@ -27,9 +27,24 @@ pub mod names {
     pub const HEALTH_PROBES: &str = "dbguard_health_probes_total";
     /// Health probe latency, seconds.
     pub const HEALTH_PROBE_SECONDS: &str = "dbguard_health_probe_duration_seconds";
-    /// Pool connections by state (`idle`, `in_use`).
-    pub const POOL_CONNECTIONS: &str = "dbguard_pool_connections";
+    /// Pool connections in use (HikariCP's `connections_active`).
+    pub const POOL_ACTIVE: &str = "dbguard_pool_connections_active";
+    /// Idle pooled connections (`connections_idle`).
+    pub const POOL_IDLE: &str = "dbguard_pool_connections_idle";
+    /// Tasks waiting for a connection, where the pool exposes it (`connections_pending`).
+    pub const POOL_PENDING: &str = "dbguard_pool_connections_pending";
+    /// The most connections the pool opens (`connections_max`).
+    pub const POOL_MAX: &str = "dbguard_pool_connections_max";
+    /// Connections kept open (`connections_min`).
+    pub const POOL_MIN: &str = "dbguard_pool_connections_min";
+    /// Attempts that found no connection within `DB_POOL_TIMEOUT` (`connections_timeout_total`).
+    pub const POOL_TIMEOUTS: &str = "dbguard_pool_connections_timeout_total";
 }
+
+/// Histogram buckets for durations of database work, in seconds: 100 µs to 30 s, about three
+/// to a decade, so a fleet's quantiles can be computed from the summed buckets.
+pub const DURATION_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// Log-spaced latency buckets: bucket `i` holds latencies below `2^i` microseconds.
 const BUCKETS: usize = 40;
@@ -81,6 +96,20 @@ impl Stats {
     pub fn on_failed_attempt(&self, class: ErrorClass) {
         self.by_class[class_index(class)].fetch_add(1, Relaxed);
         metrics::counter!(names::FAILURES, "class" => class.as_str()).increment(1);
+        if class == ErrorClass::PoolExhausted {
+            metrics::counter!(names::POOL_TIMEOUTS).increment(1);
+        }
+    }
+
+    /// Mirrors the pool's occupancy to the `dbguard_pool_connections_*` gauges.
+    pub fn record_pool(&self, pool: &PoolStatus) {
+        metrics::gauge!(names::POOL_ACTIVE).set(f64::from(pool.checked_out));
+        metrics::gauge!(names::POOL_IDLE).set(f64::from(pool.checked_in));
+        if let Some(waiting) = pool.waiting {
+            metrics::gauge!(names::POOL_PENDING).set(f64::from(waiting));
+        }
+        metrics::gauge!(names::POOL_MAX).set(f64::from(pool.pool_size.saturating_add(pool.max_overflow)));
+        metrics::gauge!(names::POOL_MIN).set(f64::from(pool.pool_size));
     }
 
     /// A call gave up and returned an error to its caller.

@@ -46,7 +46,7 @@ use axum::http::{HeaderValue, Request, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use dbguard_core::{HealthReport, SuccessEnvelope};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tower_http::limit::RequestBodyLimitLayer;
@@ -189,7 +189,13 @@ pub fn metrics_handle() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            // Durations as histograms with buckets (not summaries), so they add up across
+            // instances; the matcher is a fixed suffix and the buckets are not empty, so it
+            // cannot fail.
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), dbguard::stats::DURATION_BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok().map(|()| handle)
         })
@@ -320,6 +326,7 @@ async fn metrics_text(State(state): State<AppState>, parts: Parts) -> Response {
     {
         return err.into_response();
     }
+    state.inner.manager.record_pool_metrics();
     let text = state.inner.metrics.as_ref().map(PrometheusHandle::render).unwrap_or_default();
     let mut response = Response::new(Body::from(text));
     response

@@ -2,7 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use dbguard_tests::{FaultProxy, Ledger, PgCluster, ProxyMode, StopMode, TestDb, ledger_key};
+use dbguard_tests::{
+    APPEND_SQL, FaultProxy, Ledger, LedgerKind, LedgerReport, PgCluster, ProxyMode, StopMode, TestDb, UPSERT_SQL,
+    ledger_key,
+};
 use sqlx::{Connection, PgConnection};
 
 fn sqlstate(e: &sqlx::Error) -> Option<String> {
@@ -259,17 +262,48 @@ async fn ledger_audit_finds_lost_and_unacknowledged_rows() {
         return;
     };
     let ledger = Ledger::connect(db.url()).await.unwrap();
-    ledger.create_table().await.unwrap();
-    ledger.create_table().await.unwrap(); // idempotent
-    assert!(ledger.insert(0, 0).await.unwrap());
-    assert!(!ledger.insert(0, 0).await.unwrap(), "a retried key inserts nothing");
-    assert!(ledger.insert(0, 1).await.unwrap());
+    ledger.create_table(LedgerKind::Keyed).await.unwrap();
+    ledger.create_table(LedgerKind::Keyed).await.unwrap(); // creating twice is harmless
+    assert_eq!(ledger.kind().await.unwrap(), LedgerKind::Keyed);
+    assert_eq!(ledger.write(UPSERT_SQL, 0, 0).await.unwrap(), 1);
+    assert_eq!(ledger.write(UPSERT_SQL, 0, 0).await.unwrap(), 0, "a retried upsert is absorbed: no row affected");
+    assert_eq!(ledger.write(UPSERT_SQL, 0, 1).await.unwrap(), 1);
     let acked = vec![ledger_key(0, 0), ledger_key(1, 0)];
     let audit = ledger.audit(&acked).await.unwrap();
     assert_eq!(audit.rows, 2);
     assert_eq!(audit.found, 1);
     assert_eq!(audit.lost, vec![ledger_key(1, 0)]);
-    assert_eq!(audit.duplicates, 0);
+    assert_eq!(audit.duplicates(), None, "a keyed table cannot show a replay, so it reports no figure");
     assert_eq!(audit.unacked_present, 1);
+    ledger.pool().close().await;
+}
+
+#[tokio::test]
+async fn ledger_audit_sees_one_replayed_write() {
+    let Some(db) = TestDb::create_or_skip("ledger_replay").await else {
+        return;
+    };
+    let ledger = Ledger::connect(db.url()).await.unwrap();
+    ledger.create_table(LedgerKind::Append).await.unwrap();
+    assert_eq!(ledger.kind().await.unwrap(), LedgerKind::Append);
+    let mut acked = Vec::new();
+    for seq in 0..10 {
+        assert_eq!(ledger.write(APPEND_SQL, 0, seq).await.unwrap(), 1);
+        acked.push(ledger_key(0, seq));
+    }
+    let clean = ledger.audit(&acked).await.unwrap();
+    assert_eq!((clean.found, clean.duplicates()), (10, Some(0)));
+    // The replay a faulty retry would make: the same write executed a second time.
+    assert_eq!(ledger.write(APPEND_SQL, 0, 3).await.unwrap(), 1, "the append table takes the replay");
+    let audit = ledger.audit(&acked).await.unwrap();
+    assert_eq!(audit.rows, 11);
+    assert_eq!(audit.found, 10);
+    assert!(audit.lost.is_empty());
+    assert_eq!(audit.duplicated, vec![(ledger_key(0, 3), 2)], "the audit names the replayed key");
+    assert_eq!(audit.duplicates(), Some(1));
+    let mut report = LedgerReport::default();
+    report.apply_audit(&audit);
+    assert!(!report.is_consistent());
+    assert!(report.summary().contains("duplicates=1"), "{report}");
     ledger.pool().close().await;
 }

@@ -18,12 +18,9 @@ async fn select_one(conn: &mut PgConnection) -> Result<i32, sqlx::Error> {
 
 #[tokio::test]
 async fn cluster_starts_restarts_survives_kill9_and_stops() {
-    let t0 = Instant::now();
     let Some(pg) = PgCluster::start_or_skip("cluster_lifecycle").await else {
         return;
     };
-    let started = t0.elapsed();
-    assert!(started < Duration::from_secs(10), "start took {started:?}");
     assert!(pg.is_accepting().await);
 
     let url = pg.url("postgres");
@@ -49,7 +46,6 @@ async fn cluster_starts_restarts_survives_kill9_and_stops() {
     pg.start().await.unwrap();
     pg.stop(StopMode::Immediate).await.unwrap();
     assert!(!pg.is_accepting().await);
-    eprintln!("cluster started in {started:?}, lifecycle in {:?}", t0.elapsed());
 }
 
 #[tokio::test]
@@ -124,15 +120,14 @@ async fn proxy_latency_delays_queries() {
     };
     let mut conn = PgConnection::connect(&url).await.unwrap();
     select_one(&mut conn).await.unwrap();
-    proxy.set_mode(ProxyMode::Latency(Duration::from_millis(200)));
-    let t = Instant::now();
-    select_one(&mut conn).await.unwrap();
-    let took = t.elapsed();
-    assert!(took >= Duration::from_millis(200), "took {took:?}");
+    proxy.set_mode(ProxyMode::Latency(Duration::from_secs(2)));
+    // A query cannot answer before its delayed bytes arrive. The bound is a floor, so a slow
+    // machine can only make it hold more surely.
+    let early = tokio::time::timeout(Duration::from_millis(500), select_one(&mut conn)).await;
+    assert!(early.is_err(), "a query answered through 2 s of added latency within 500 ms");
     proxy.set_mode(ProxyMode::Pass);
-    let t = Instant::now();
-    select_one(&mut conn).await.unwrap();
-    eprintln!("latency 200ms: {took:?}; pass again: {:?}", t.elapsed());
+    let mut conn = PgConnection::connect(&url).await.unwrap();
+    assert_eq!(select_one(&mut conn).await.unwrap(), 1, "queries pass again");
 }
 
 #[tokio::test]

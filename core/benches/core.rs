@@ -23,7 +23,8 @@ fn config_parse(c: &mut Criterion) {
 
 fn classification(c: &mut Criterion) {
     c.bench_function("classify/sqlstate", |b| b.iter(|| ErrorClass::from_sqlstate(black_box("40P01"))));
-    c.bench_function("classify/sqlite", |b| b.iter(|| ErrorClass::from_sqlite_code(black_box(517))));
+    // No SQLite counterpart: mapping a result code is one match on its low byte, below what
+    // the timer resolves (it printed 0 ns/iter), so it would be a row that measures nothing.
 }
 
 fn retry_decision(c: &mut Criterion) {

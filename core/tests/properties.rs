@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use dbguard_core::retry::backoff::delay_for;
 use dbguard_core::{
-    BreakerConfig, CircuitBreaker, Decision, ErrorClass, Idempotency, Instant, Jitter, RetryBudget, RetryPolicy,
-    RetryState, SeededRng,
+    BreakerConfig, BreakerState, CircuitBreaker, Decision, ErrorClass, Idempotency, Instant, Jitter, RetryBudget,
+    RetryPolicy, RetryState, SeededRng,
 };
 use proptest::prelude::*;
 
@@ -30,6 +30,11 @@ fn policy() -> impl Strategy<Value = RetryPolicy> {
 
 fn class() -> impl Strategy<Value = ErrorClass> {
     proptest::sample::select(ErrorClass::ALL.to_vec())
+}
+
+/// Classes that count as a failure to connect (they trip the breaker).
+fn tripping_class() -> impl Strategy<Value = ErrorClass> {
+    proptest::sample::select(ErrorClass::ALL.iter().copied().filter(|c| c.trips_breaker()).collect::<Vec<_>>())
 }
 
 proptest! {
@@ -114,17 +119,55 @@ proptest! {
 
     #[test]
     fn breaker_only_opens_on_failures_to_connect(classes in proptest::collection::vec(class(), 0..200)) {
-        let mut breaker = CircuitBreaker::new(BreakerConfig::default());
+        let config = BreakerConfig::default();
+        let mut breaker = CircuitBreaker::new(config);
         let mut now = Instant::ZERO;
+        // The consecutive-failure rule, modelled independently: a failure to connect adds one,
+        // a failure that proves the server answered resets, a connection lost mid-call neither.
+        let (mut run, mut run_reached_limit) = (0u32, false);
         for class in &classes {
             now = now + Duration::from_millis(1);
             if matches!(breaker.admit(now), dbguard_core::Admission::Rejected { .. }) {
                 continue;
+            }
+            if breaker.opened_total() == 0 {
+                if class.trips_breaker() {
+                    run += 1;
+                } else if !class.is_connectivity() {
+                    run = 0;
+                }
+                run_reached_limit |= run >= config.consecutive_failures;
             }
             breaker.on_failure(now, *class);
         }
         if classes.iter().all(|c| !c.trips_breaker()) {
             prop_assert_eq!(breaker.opened_total(), 0);
         }
+        if run_reached_limit {
+            prop_assert!(breaker.opened_total() >= 1, "{} failures to connect in a row left it closed", config.consecutive_failures);
+        }
+    }
+
+    #[test]
+    fn breaker_opens_after_a_run_of_failures_to_connect(
+        before in proptest::collection::vec(class(), 0..50),
+        run in proptest::collection::vec(tripping_class(), 5..20),
+    ) {
+        let config = BreakerConfig::default();
+        prop_assert_eq!(config.consecutive_failures, 5, "the run's minimum length is written against this");
+        let mut breaker = CircuitBreaker::new(config);
+        let mut now = Instant::ZERO;
+        for class in before.iter().chain(&run) {
+            now = now + Duration::from_millis(1);
+            if matches!(breaker.admit(now), dbguard_core::Admission::Rejected { .. }) {
+                continue;
+            }
+            breaker.on_failure(now, *class);
+        }
+        // Every step is 1 ms, far inside the cool-down, so an opened breaker is still open.
+        prop_assert!(breaker.opened_total() >= 1);
+        prop_assert_eq!(breaker.state(now), BreakerState::Open);
+        let refused = matches!(breaker.admit(now), dbguard_core::Admission::Rejected { .. });
+        prop_assert!(refused, "an open breaker refuses a new call");
     }
 }

@@ -96,6 +96,8 @@ impl HealthState {
     }
 
     pub(crate) fn stop_monitor(&self) {
+        // The flag catches a monitor that was probing, not waiting, when the notice went out.
+        self.monitor_running.store(false, Ordering::Release);
         self.monitor_stop.notify_waiters();
     }
 
@@ -154,6 +156,9 @@ impl DbManager {
             loop {
                 let Some(inner) = weak.upgrade() else { return };
                 let manager = DbManager { inner };
+                if !manager.inner.health.monitor_running.load(Ordering::Acquire) {
+                    return;
+                }
                 tokio::select! {
                     _ = ticker.tick() => {}
                     _ = manager.inner.health.monitor_stop.notified() => return,

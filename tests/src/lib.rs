@@ -34,7 +34,7 @@ pub use harness::database::{
     DEFAULT_ADMIN_URL, NAME_PREFIX, TEST_PG_URL_VAR, TestDb, TestDbError, TestRole, shared_admin_url,
 };
 pub use harness::guest::guest_plugin;
-pub use harness::ledger::{INSERT_SQL, Ledger, LedgerAudit, LedgerReport, Outcome, ledger_key};
+pub use harness::ledger::{APPEND_SQL, Ledger, LedgerAudit, LedgerKind, LedgerReport, Outcome, UPSERT_SQL, ledger_key};
 pub use harness::names::{host_port, redact_url, with_credentials, with_database, with_host_port};
 pub use harness::proxy::{FaultProxy, ProxyMode, ProxyStats};
 pub use harness::require::{REQUIRE_ALL_VAR, require_all, skip};

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use dbguard::{ErrorClass, HealthStatus, Idempotency};
 use dbguard_core::BreakerState;
-use dbguard_tests::{FaultProxy, Ledger, Outcome, ProxyMode, TestDb};
+use dbguard_tests::{FaultProxy, ProxyMode, TestDb};
 use sea_orm::ConnectionTrait;
 
 const DRILL_VARS: &[(&str, &str)] = &[
@@ -32,8 +32,7 @@ const DRILL_VARS: &[(&str, &str)] = &[
 async fn blackhole_fails_typed_opens_the_breaker_and_recovers() {
     let test = "drill_blackhole";
     let Some(db) = TestDb::create_or_skip(test).await else { return };
-    let ledger = Ledger::connect(db.url()).await.expect("ledger connection");
-    ledger.create_table().await.expect("ledger table");
+    let ledger = common::ledger_for(db.url(), Idempotency::Idempotent).await;
     let proxy = FaultProxy::start(db.server_addr().await.expect("server address")).await.expect("proxy");
     let manager = common::manager(&proxy.rewrite_url(db.url()), DRILL_VARS).await;
     let mut report = dbguard_tests::LedgerReport::default();
@@ -41,8 +40,9 @@ async fn blackhole_fails_typed_opens_the_breaker_and_recovers() {
     let mut seq = 0;
 
     for _ in 0..20 {
-        common::ledger_write(&manager, Idempotency::Idempotent, 0, seq).await.expect("write before the fault");
-        report.record(&Outcome::Ok);
+        let rows_affected =
+            common::ledger_write(&manager, Idempotency::Idempotent, 0, seq).await.expect("write before the fault");
+        report.record_ack(rows_affected);
         acked.push(dbguard_tests::ledger_key(0, seq));
         seq += 1;
     }
@@ -55,13 +55,13 @@ async fn blackhole_fails_typed_opens_the_breaker_and_recovers() {
             let policy = dbguard_core::RetryPolicy::builder().max_retries(0).build().expect("policy");
             let result = manager
                 .run_with_policy(policy, Idempotency::Idempotent, |db| async move {
-                    db.execute_unprepared("SELECT pg_sleep(0.2)").await.map(|_| ())
+                    db.execute_unprepared("SELECT pg_sleep(5)").await.map(|_| ())
                 })
                 .await;
             (result, tokio::time::Instant::now())
         })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    common::wait_for_statement(db.url(), "SELECT pg_sleep(5)").await;
     proxy.set_mode(ProxyMode::Blackhole);
     let blackhole_started = tokio::time::Instant::now();
     report.faults = 1;
@@ -122,8 +122,9 @@ async fn blackhole_fails_typed_opens_the_breaker_and_recovers() {
     assert_eq!(rebuilt.status, HealthStatus::Healthy, "{}", rebuilt.message);
     assert_eq!(manager.breaker_state(), BreakerState::Closed, "a successful rebuild closes the breaker");
     for _ in 0..20 {
-        common::ledger_write(&manager, Idempotency::Idempotent, 0, seq).await.expect("write after recovery");
-        report.record(&Outcome::Ok);
+        let rows_affected =
+            common::ledger_write(&manager, Idempotency::Idempotent, 0, seq).await.expect("write after recovery");
+        report.record_ack(rows_affected);
         acked.push(dbguard_tests::ledger_key(0, seq));
         seq += 1;
     }
@@ -141,7 +142,9 @@ async fn blackhole_fails_typed_opens_the_breaker_and_recovers() {
             manager.config().pool.attempt_deadline().as_millis()
         ),
     );
-    assert_eq!(report.lost, 0, "acknowledged writes lost: {:?}", audit.lost);
-    assert_eq!(report.duplicates, 0);
+    common::assert_ledger_intact(&report, &audit, 0);
+    assert_eq!(report.acked, 40, "20 writes before the fault and 20 after recovery");
+    assert_eq!(report.errors_total(), 9, "the 8 blackholed calls and the one refused by the breaker");
+    assert_eq!(report.absorbed, 0, "no write before or after the fault needed a retry");
     manager.close().await;
 }

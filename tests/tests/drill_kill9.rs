@@ -3,14 +3,13 @@
 //!
 //! Writes go through dbguard as non-idempotent calls, so a write whose connection died is never
 //! replayed blindly: it surfaces as outcome-unknown, and the caller resolves it by looking up
-//! its idempotency key. Nothing acknowledged may be lost, nothing may be written twice.
+//! its idempotency key. The ledger table has no unique key, so a write executed twice would
+//! leave two rows: nothing acknowledged may be lost, no key may have two rows.
 
 mod common;
 
-use std::time::Duration;
-
 use dbguard::{HealthStatus, Idempotency};
-use dbguard_tests::{Ledger, Outcome, PgCluster, ledger_key};
+use dbguard_tests::{Outcome, PgCluster, ledger_key};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
 const DRILL_VARS: &[(&str, &str)] = &[
@@ -33,12 +32,11 @@ async fn kill9_of_the_postmaster_under_ledger_load() {
     pg.set_setting("synchronous_commit", "on").expect("set synchronous_commit");
     pg.reload().await.expect("reload");
     let url = pg.url("postgres");
-    let ledger = Ledger::connect(&url).await.expect("ledger connection");
-    ledger.create_table().await.expect("ledger table");
+    let ledger = common::ledger_for(&url, Idempotency::NonIdempotent).await;
     let manager = common::manager(&url, DRILL_VARS).await;
 
     let load = common::LedgerLoad::start(&manager, 6, 2, Idempotency::NonIdempotent);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    common::wait_for_rows_above(&ledger, 50).await;
 
     // A write that is certainly mid-statement when the server dies.
     let slow = {
@@ -58,13 +56,14 @@ async fn kill9_of_the_postmaster_under_ledger_load() {
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::wait_for_statement(&url, "FROM pg_sleep(2)").await;
 
     pg.kill9().await.expect("kill -9 the server");
     let (down, seen_down) = common::wait_for_health(&manager, HealthStatus::Unhealthy).await;
     pg.start().await.expect("start after the kill (crash recovery)");
     let (_, seen_up) = common::wait_for_health(&manager, HealthStatus::Healthy).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rows_at_recovery = common::ledger_rows(&ledger).await;
+    common::wait_for_rows_above(&ledger, rows_at_recovery + 50).await;
 
     let slow_result = tokio::time::timeout(common::HANG_LIMIT, slow).await.expect("slow write returns").expect("task");
     let mut tally = load.finish().await;
@@ -75,7 +74,8 @@ async fn kill9_of_the_postmaster_under_ledger_load() {
     tally.unknown.push((SLOW_WORKER, 0));
 
     let unknown = tally.unknown.len() as u64;
-    let (committed, rewritten) = common::resolve_unknown(&manager, &ledger, &mut tally).await;
+    let resolution = common::resolve_unknown(&manager, &ledger, &mut tally).await;
+    let (committed, rewritten) = (resolution.committed.len(), resolution.rewritten.len());
     let audit = ledger.audit(&tally.acked).await.expect("audit");
     let mut report = tally.combined();
     report.faults = 1;
@@ -91,9 +91,14 @@ async fn kill9_of_the_postmaster_under_ledger_load() {
         ),
     );
 
-    assert_eq!(report.lost, 0, "acknowledged writes lost: {:?}", audit.lost);
-    assert_eq!(report.duplicates, 0, "duplicated writes");
-    assert_eq!(committed + rewritten, unknown, "every outcome-unknown write is resolved by its key");
+    common::assert_ledger_intact(&report, &audit, unknown);
+    assert_eq!(audit.unacked_present, 0, "every row belongs to an acknowledged or resolved write");
+    assert_eq!(report.outcome_unknown, unknown, "every outcome-unknown write was counted and resolved");
+    // The slow write was killed inside pg_sleep, before its insert ran: it cannot have committed.
+    assert!(
+        resolution.rewritten.contains(&ledger_key(SLOW_WORKER, 0)),
+        "the write killed mid-statement did not commit and was written again: {resolution:?}"
+    );
     assert_eq!(
         tally.writes.errors_total(),
         0,

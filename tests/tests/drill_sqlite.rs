@@ -7,12 +7,13 @@ mod common;
 use std::path::Path;
 
 use dbguard::{DbManager, ErrorClass, Idempotency};
-use dbguard_tests::{LedgerReport, Outcome};
+use dbguard_tests::LedgerReport;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS ledger (idempotency_key TEXT PRIMARY KEY, worker INT, seq INT)";
 
-async fn write(manager: &DbManager, worker: i32, seq: i32) -> Result<(), dbguard::DbError> {
+/// One idempotent ledger write; returns the rows it inserted (0: a retry found its key).
+async fn write(manager: &DbManager, worker: i32, seq: i32) -> Result<u64, dbguard::DbError> {
     // A read then a write in one deferred transaction: the lock upgrade that produces
     // SQLITE_BUSY past busy_timeout when another connection writes.
     manager
@@ -26,7 +27,7 @@ async fn write(manager: &DbManager, worker: i32, seq: i32) -> Result<(), dbguard
                     [dbguard_tests::ledger_key(worker, seq).into(), worker.into(), seq.into()],
                 ))
                 .await
-                .map(|_| ())
+                .map(|done| done.rows_affected())
             })
         })
         .await
@@ -137,8 +138,8 @@ async fn sqlite_busy_read_only_and_replaced_file() {
         let seen = tokio::time::timeout(common::HANG_LIMIT, writer).await.expect("a writer hung").expect("task");
         for (seq, result) in seen {
             match result {
-                Ok(()) => {
-                    report.record(&Outcome::Ok);
+                Ok(rows_affected) => {
+                    report.record_ack(rows_affected);
                     acked.push(dbguard_tests::ledger_key(worker, seq));
                 }
                 Err(err) => report.record(&common::outcome_of(&err)),
@@ -203,10 +204,15 @@ async fn sqlite_busy_read_only_and_replaced_file() {
         let result =
             tokio::time::timeout(common::HANG_LIMIT, write(&managers[1], 200, seq)).await.expect("a write hung");
         match &result {
-            Ok(()) => acked.push(dbguard_tests::ledger_key(200, seq)),
-            Err(err) => during_replace.push(err.class()),
+            Ok(rows_affected) => {
+                acked.push(dbguard_tests::ledger_key(200, seq));
+                report.record_ack(*rows_affected);
+            }
+            Err(err) => {
+                during_replace.push(err.class());
+                report.record(&common::outcome_of(err));
+            }
         }
-        report.record(&result.as_ref().map_or_else(common::outcome_of, |()| Outcome::Ok));
     }
     for manager in &managers {
         manager.close().await;

@@ -2,7 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use dbguard_tests::{FaultProxy, Ledger, PgCluster, ProxyMode, StopMode, TestDb, ledger_key};
+use dbguard_tests::{
+    APPEND_SQL, FaultProxy, Ledger, LedgerKind, LedgerReport, PgCluster, ProxyMode, StopMode, TestDb, UPSERT_SQL,
+    ledger_key,
+};
 use sqlx::{Connection, PgConnection};
 
 fn sqlstate(e: &sqlx::Error) -> Option<String> {
@@ -15,12 +18,9 @@ async fn select_one(conn: &mut PgConnection) -> Result<i32, sqlx::Error> {
 
 #[tokio::test]
 async fn cluster_starts_restarts_survives_kill9_and_stops() {
-    let t0 = Instant::now();
     let Some(pg) = PgCluster::start_or_skip("cluster_lifecycle").await else {
         return;
     };
-    let started = t0.elapsed();
-    assert!(started < Duration::from_secs(10), "start took {started:?}");
     assert!(pg.is_accepting().await);
 
     let url = pg.url("postgres");
@@ -46,7 +46,6 @@ async fn cluster_starts_restarts_survives_kill9_and_stops() {
     pg.start().await.unwrap();
     pg.stop(StopMode::Immediate).await.unwrap();
     assert!(!pg.is_accepting().await);
-    eprintln!("cluster started in {started:?}, lifecycle in {:?}", t0.elapsed());
 }
 
 #[tokio::test]
@@ -121,15 +120,14 @@ async fn proxy_latency_delays_queries() {
     };
     let mut conn = PgConnection::connect(&url).await.unwrap();
     select_one(&mut conn).await.unwrap();
-    proxy.set_mode(ProxyMode::Latency(Duration::from_millis(200)));
-    let t = Instant::now();
-    select_one(&mut conn).await.unwrap();
-    let took = t.elapsed();
-    assert!(took >= Duration::from_millis(200), "took {took:?}");
+    proxy.set_mode(ProxyMode::Latency(Duration::from_secs(2)));
+    // A query cannot answer before its delayed bytes arrive. The bound is a floor, so a slow
+    // machine can only make it hold more surely.
+    let early = tokio::time::timeout(Duration::from_millis(500), select_one(&mut conn)).await;
+    assert!(early.is_err(), "a query answered through 2 s of added latency within 500 ms");
     proxy.set_mode(ProxyMode::Pass);
-    let t = Instant::now();
-    select_one(&mut conn).await.unwrap();
-    eprintln!("latency 200ms: {took:?}; pass again: {:?}", t.elapsed());
+    let mut conn = PgConnection::connect(&url).await.unwrap();
+    assert_eq!(select_one(&mut conn).await.unwrap(), 1, "queries pass again");
 }
 
 #[tokio::test]
@@ -259,17 +257,48 @@ async fn ledger_audit_finds_lost_and_unacknowledged_rows() {
         return;
     };
     let ledger = Ledger::connect(db.url()).await.unwrap();
-    ledger.create_table().await.unwrap();
-    ledger.create_table().await.unwrap(); // idempotent
-    assert!(ledger.insert(0, 0).await.unwrap());
-    assert!(!ledger.insert(0, 0).await.unwrap(), "a retried key inserts nothing");
-    assert!(ledger.insert(0, 1).await.unwrap());
+    ledger.create_table(LedgerKind::Keyed).await.unwrap();
+    ledger.create_table(LedgerKind::Keyed).await.unwrap(); // creating twice is harmless
+    assert_eq!(ledger.kind().await.unwrap(), LedgerKind::Keyed);
+    assert_eq!(ledger.write(UPSERT_SQL, 0, 0).await.unwrap(), 1);
+    assert_eq!(ledger.write(UPSERT_SQL, 0, 0).await.unwrap(), 0, "a retried upsert is absorbed: no row affected");
+    assert_eq!(ledger.write(UPSERT_SQL, 0, 1).await.unwrap(), 1);
     let acked = vec![ledger_key(0, 0), ledger_key(1, 0)];
     let audit = ledger.audit(&acked).await.unwrap();
     assert_eq!(audit.rows, 2);
     assert_eq!(audit.found, 1);
     assert_eq!(audit.lost, vec![ledger_key(1, 0)]);
-    assert_eq!(audit.duplicates, 0);
+    assert_eq!(audit.duplicates(), None, "a keyed table cannot show a replay, so it reports no figure");
     assert_eq!(audit.unacked_present, 1);
+    ledger.pool().close().await;
+}
+
+#[tokio::test]
+async fn ledger_audit_sees_one_replayed_write() {
+    let Some(db) = TestDb::create_or_skip("ledger_replay").await else {
+        return;
+    };
+    let ledger = Ledger::connect(db.url()).await.unwrap();
+    ledger.create_table(LedgerKind::Append).await.unwrap();
+    assert_eq!(ledger.kind().await.unwrap(), LedgerKind::Append);
+    let mut acked = Vec::new();
+    for seq in 0..10 {
+        assert_eq!(ledger.write(APPEND_SQL, 0, seq).await.unwrap(), 1);
+        acked.push(ledger_key(0, seq));
+    }
+    let clean = ledger.audit(&acked).await.unwrap();
+    assert_eq!((clean.found, clean.duplicates()), (10, Some(0)));
+    // The replay a faulty retry would make: the same write executed a second time.
+    assert_eq!(ledger.write(APPEND_SQL, 0, 3).await.unwrap(), 1, "the append table takes the replay");
+    let audit = ledger.audit(&acked).await.unwrap();
+    assert_eq!(audit.rows, 11);
+    assert_eq!(audit.found, 10);
+    assert!(audit.lost.is_empty());
+    assert_eq!(audit.duplicated, vec![(ledger_key(0, 3), 2)], "the audit names the replayed key");
+    assert_eq!(audit.duplicates(), Some(1));
+    let mut report = LedgerReport::default();
+    report.apply_audit(&audit);
+    assert!(!report.is_consistent());
+    assert!(report.summary().contains("duplicates=1"), "{report}");
     ledger.pool().close().await;
 }

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use dbguard::{DbManager, Idempotency};
+use dbguard_core::health::CheckStatus;
 use dbguard_core::{DbConfig, PluginStatus};
 use dbguard_http::api::{self, AppState};
 use dbguard_http::auth::Authenticator;
@@ -64,6 +65,18 @@ fn config(db_path: &Path) -> DbConfig {
         ("JWT_SECRET".to_owned(), SECRET.to_owned()),
     ];
     dbguard::env::config_from_vars(vars).expect("valid test configuration")
+}
+
+/// Asserts the `table:freshness` plugin's check is in `report` with `check`, and the report's
+/// overall status is `overall`.
+fn assert_freshness(report: &dbguard::HealthReport, check: CheckStatus, overall: dbguard::HealthStatus) {
+    let found = report
+        .checks
+        .iter()
+        .find(|c| c.name == "table:freshness")
+        .unwrap_or_else(|| panic!("the plugin's check is in the report: {:?}", report.checks));
+    assert_eq!(found.status, check, "{found:?}");
+    assert_eq!(report.status, overall, "{:?}", report.checks);
 }
 
 /// Polls `done` until it holds; panics after [`HANG_LIMIT`].
@@ -192,13 +205,7 @@ async fn health_check_plugin_joins_the_report_and_cannot_write() {
     assert!(runtime.refused().iter().any(|r| r.file == "garbage.wasm"), "{:?}", runtime.refused());
 
     let report = manager.check_health(true).await;
-    let check = report
-        .checks
-        .iter()
-        .find(|c| c.name == "table:freshness")
-        .unwrap_or_else(|| panic!("the plugin's check is in the report: {:?}", report.checks));
-    assert_eq!(check.status, dbguard_core::health::CheckStatus::Pass, "{check:?}");
-    assert_eq!(report.status, dbguard::HealthStatus::Healthy, "{:?}", report.checks);
+    assert_freshness(&report, CheckStatus::Pass, dbguard::HealthStatus::Healthy);
     assert!(runtime.plugins()[0].calls > 0, "the health service called the plugin");
 
     // The plugin's only way to the database refuses writes, and the database says so.
@@ -224,9 +231,7 @@ async fn health_check_plugin_joins_the_report_and_cannot_write() {
         .await
         .expect("drop");
     let report = manager.check_health(true).await;
-    let check = report.checks.iter().find(|c| c.name == "table:freshness").expect("check present");
-    assert_eq!(check.status, dbguard_core::health::CheckStatus::Fail);
-    assert_eq!(report.status, dbguard::HealthStatus::Degraded);
+    assert_freshness(&report, CheckStatus::Fail, dbguard::HealthStatus::Degraded);
     manager.close().await;
 }
 
@@ -315,5 +320,52 @@ async fn api_without_a_plugin_runtime_lists_nothing_and_refuses_reload() {
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"], "plugins_disabled");
     server.abort();
+    manager.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_check_plugin_runs_on_postgresql_through_the_read_only_login() {
+    let test = "plugin_health_check_postgres";
+    let Some(db) = dbguard_tests::TestDb::create_or_skip(test).await else { return };
+    let temp = tempfile::tempdir().expect("temp dir");
+    let plugin_dir = temp.path().join("plugins");
+    std::fs::create_dir(&plugin_dir).expect("plugin dir");
+    let mut admin = db.connect().await.expect("admin connection");
+    sqlx::raw_sql("CREATE TABLE events (id serial PRIMARY KEY, created_at timestamptz NOT NULL DEFAULT now()); INSERT INTO events DEFAULT VALUES")
+        .execute(&mut admin)
+        .await
+        .expect("schema");
+    // The plugin's queries run as a least-privilege login, as the test endpoint's do.
+    let reader = db.create_read_only_role("plugin_ro").await.expect("read-only role");
+    let vars = vec![
+        ("DATABASE_URL".to_owned(), db.url().to_owned()),
+        ("DB_TEST_URL".to_owned(), reader.url().to_owned()),
+        ("DB_ECHO".to_owned(), "false".to_owned()),
+        ("DB_HEALTH_DEGRADED_LATENCY".to_owned(), "10s".to_owned()),
+        ("JWT_SECRET".to_owned(), SECRET.to_owned()),
+    ];
+    let manager =
+        DbManager::connect(dbguard::env::config_from_vars(vars).expect("valid configuration")).await.expect("manager");
+    install(&plugin_dir, "freshness.wasm", &guest("table-freshness"));
+    let runtime = PluginRuntime::start(manager.clone(), &plugin_dir).await.expect("runtime");
+    assert_eq!(runtime.plugins().len(), 1, "{:?}", runtime.refused());
+
+    let report = manager.check_health(true).await;
+    assert_freshness(&report, CheckStatus::Pass, dbguard::HealthStatus::Healthy);
+
+    // Writes through the plugin's query are refused by the server; the row count is unchanged.
+    let query = runtime.query_fn();
+    let refused = tokio::task::spawn_blocking(move || {
+        query.query("INSERT INTO events DEFAULT VALUES", &[], Duration::from_secs(2))
+    })
+    .await
+    .expect("query thread");
+    assert!(refused.is_err(), "an INSERT through the plugin query is refused: {refused:?}");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&mut admin).await.expect("count");
+    assert_eq!(rows, 1, "nothing was written");
+
+    sqlx::raw_sql("DROP TABLE events").execute(&mut admin).await.expect("drop");
+    let report = manager.check_health(true).await;
+    assert_freshness(&report, CheckStatus::Fail, dbguard::HealthStatus::Degraded);
     manager.close().await;
 }

@@ -242,19 +242,16 @@ fn a_busy_database_is_read_once_the_writer_commits() {
     let released = std::thread::spawn(move || {
         std::thread::sleep(hold);
         writer.execute_batch("COMMIT").expect("commit");
-        Instant::now()
     });
 
     let mut extra = FAST_RETRY.to_vec();
     extra.push(("DB_RETRY_MAX_ATTEMPTS", "30"));
     let out = run_guest(module, &["query", "SELECT count(*) AS n FROM items"], &url, &extra, None);
-    let finished = Instant::now();
-    let released = released.join().expect("writer thread");
+    released.join().expect("writer thread");
     assert_eq!(out.exit_code, 0, "stderr: {}", text(out.stderr.as_ref()));
     let result = json_line(out.stdout.as_ref());
     // The guest waited for the writer: it sees the committed row, after the commit.
     assert_eq!(result["rows"][0]["n"], 4, "{result:#}");
-    assert!(finished >= released);
 }
 
 #[test]

@@ -40,6 +40,8 @@ fn openapi_is_3_1_and_names_every_route() {
         "/livez",
         "/readyz",
         "/metrics",
+        "/api/plugins",
+        "/api/plugins/reload",
         "/api/openapi.json",
     ] {
         assert!(document["paths"].get(route).is_some(), "{route} missing");

@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dbguard_core::ErrorClass;
 use dbguard_core::retry::PolicyVerdict;
@@ -77,12 +77,9 @@ fn a_component_importing_what_the_host_does_not_provide_is_refused() {
 #[test]
 fn a_plugin_that_never_returns_is_refused_at_its_deadline() {
     let (host, hash) = host_with_active_plugin();
-    let started = Instant::now();
+    // The guest never returns: that loading does, with the deadline's error, is the interruption.
     let error = host.load_retry_policy(&guest("fixture-spin-forever")).unwrap_err();
-    let waited = started.elapsed();
     assert_eq!(error, PluginError::Timeout(host.config().get_call_timeout()));
-    // Compilation is included; the spin itself must stop near the 50 ms deadline.
-    assert!(waited < Duration::from_secs(10), "gave up only after {waited:?}");
     assert_still_active(&host, &hash);
 }
 

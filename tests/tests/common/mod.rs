@@ -57,7 +57,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use dbguard::{DbError, HealthReport, HealthStatus, Idempotency};
-use dbguard_tests::{INSERT_SQL, Ledger, LedgerReport, Outcome, ledger_key};
+use dbguard_tests::{APPEND_SQL, Ledger, LedgerAudit, LedgerKind, LedgerReport, Outcome, UPSERT_SQL, ledger_key};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
 /// Upper bound on any single wait in a drill. A hang detector, not a timing claim: reaching it
@@ -69,12 +69,41 @@ pub fn outcome_of(err: &DbError) -> Outcome {
     if err.is_outcome_unknown() { Outcome::OutcomeUnknown } else { Outcome::Error(err.class().as_str().to_owned()) }
 }
 
-/// One ledger write through dbguard: the idempotent insert of key `w<worker>-<seq>`.
-pub async fn ledger_write(manager: &DbManager, idempotency: Idempotency, worker: i32, seq: i32) -> Result<(), DbError> {
+/// The ledger table a drill's writes need: a non-idempotent write is a plain insert, so its
+/// table must be able to show a replay ([`LedgerKind::Append`]); an idempotent write is an upsert
+/// on the key, which needs [`LedgerKind::Keyed`].
+pub fn ledger_kind(idempotency: Idempotency) -> LedgerKind {
+    match idempotency {
+        Idempotency::NonIdempotent => LedgerKind::Append,
+        Idempotency::Idempotent => LedgerKind::Keyed,
+    }
+}
+
+/// Connects a ledger to `url` and creates its table for writes made with `idempotency`.
+pub async fn ledger_for(url: &str, idempotency: Idempotency) -> Ledger {
+    let ledger = Ledger::connect(url).await.expect("ledger connection");
+    ledger.create_table(ledger_kind(idempotency)).await.expect("ledger table");
+    ledger
+}
+
+/// One ledger write of key `w<worker>-<seq>` through dbguard: [`APPEND_SQL`] when
+/// non-idempotent, [`UPSERT_SQL`] when idempotent. Returns the rows the write affected.
+pub async fn ledger_write(
+    manager: &DbManager,
+    idempotency: Idempotency,
+    worker: i32,
+    seq: i32,
+) -> Result<u64, DbError> {
+    let sql = match ledger_kind(idempotency) {
+        LedgerKind::Append => APPEND_SQL,
+        LedgerKind::Keyed => UPSERT_SQL,
+    };
     manager
         .run(idempotency, move |db| async move {
             let values = [ledger_key(worker, seq).into(), worker.into(), seq.into()];
-            db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, INSERT_SQL, values)).await.map(|_| ())
+            db.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values))
+                .await
+                .map(|done| done.rows_affected())
         })
         .await
 }
@@ -144,20 +173,20 @@ impl LedgerLoad {
                 let mut seq = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let result = ledger_write(&manager, idempotency, worker, seq).await;
-                    let outcome = match &result {
-                        Ok(()) => {
+                    match &result {
+                        Ok(rows_affected) => {
                             tally.acked.push(ledger_key(worker, seq));
-                            Outcome::Ok
+                            tally.writes.record_ack(*rows_affected);
                         }
                         Err(err) => {
                             tally.note(err);
-                            outcome_of(err)
+                            let outcome = outcome_of(err);
+                            if outcome == Outcome::OutcomeUnknown {
+                                tally.unknown.push((worker, seq));
+                            }
+                            tally.writes.record(&outcome);
                         }
-                    };
-                    if outcome == Outcome::OutcomeUnknown {
-                        tally.unknown.push((worker, seq));
                     }
-                    tally.writes.record(&outcome);
                     seq += 1;
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
@@ -208,30 +237,103 @@ impl LedgerLoad {
     }
 }
 
-/// Looks up each outcome-unknown write by its idempotency key (outside dbguard). Returns how
-/// many had committed; those are added to `tally.acked`. The others are written again through
-/// dbguard under the same key (safe: the insert is idempotent by key) and, once acknowledged,
-/// added too. Never blind-replays a write whose key is present.
-pub async fn resolve_unknown(manager: &DbManager, ledger: &Ledger, tally: &mut LoadTally) -> (u64, u64) {
-    let (mut committed, mut rewritten) = (0, 0);
+/// How a drill's outcome-unknown writes turned out when looked up by key.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    /// Keys found in the table: the write had committed.
+    pub committed: Vec<String>,
+    /// Keys absent: written again through dbguard, and acknowledged.
+    pub rewritten: Vec<String>,
+}
+
+/// Looks up each outcome-unknown write by its idempotency key (outside dbguard). A key that is
+/// present had committed; an absent one is written again through dbguard as a non-idempotent
+/// write. Both end up in `tally.acked`, so the audit then checks each resolved key is in the
+/// table exactly once. Never re-issues a write whose key is present.
+pub async fn resolve_unknown(manager: &DbManager, ledger: &Ledger, tally: &mut LoadTally) -> Resolution {
+    let mut resolution = Resolution::default();
     for &(worker, seq) in &tally.unknown.clone() {
         let key = ledger_key(worker, seq);
-        let present: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger WHERE idempotency_key = $1")
-            .bind(&key)
-            .fetch_one(ledger.pool())
-            .await
-            .expect("look up an outcome-unknown key");
-        if present > 0 {
-            committed += 1;
+        if ledger.rows_for(&key).await.expect("look up an outcome-unknown key") > 0 {
+            resolution.committed.push(key.clone());
         } else {
             ledger_write(manager, Idempotency::NonIdempotent, worker, seq)
                 .await
                 .expect("re-issuing a write that did not commit succeeds once the server is back");
-            rewritten += 1;
+            resolution.rewritten.push(key.clone());
         }
         tally.acked.push(key);
     }
-    (committed, rewritten)
+    resolution
+}
+
+/// Asserts what a drill's audit says about its acknowledged writes: none lost, none written twice
+/// (where the table can show it), and every acknowledged key found, `resolved` counting the
+/// outcome-unknown writes settled by [`resolve_unknown`]. The messages name the keys.
+pub fn assert_ledger_intact(report: &LedgerReport, audit: &LedgerAudit, resolved: u64) {
+    assert_eq!(report.lost, 0, "acknowledged writes lost: {:?}", audit.lost);
+    match audit.kind {
+        LedgerKind::Append => assert_eq!(
+            report.duplicates,
+            Some(0),
+            "writes replayed: keys with more than one row {:?}, keys acknowledged twice {:?}",
+            audit.duplicated,
+            audit.acked_twice
+        ),
+        LedgerKind::Keyed => {
+            assert_eq!(report.duplicates, None, "keys acknowledged twice: {:?}", audit.acked_twice)
+        }
+    }
+    assert_eq!(report.found, report.acked + resolved, "every acknowledged key is in the table once");
+}
+
+/// Waits, at most [`HANG_LIMIT`], until the ledger holds more than `rows` rows: the load is
+/// running (or running again after a fault). Returns the count seen.
+pub async fn wait_for_rows_above(ledger: &Ledger, rows: u64) -> u64 {
+    let deadline = tokio::time::Instant::now() + HANG_LIMIT;
+    loop {
+        let now_rows = ledger_rows(ledger).await;
+        if now_rows > rows {
+            return now_rows;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the ledger stayed at {now_rows} rows");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Rows in the ledger table.
+pub async fn ledger_rows(ledger: &Ledger) -> u64 {
+    let n: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM ledger").fetch_one(ledger.pool()).await.expect("count ledger rows");
+    u64::try_from(n).unwrap_or(0)
+}
+
+/// Waits, at most [`HANG_LIMIT`], until a statement containing `fragment` is running on the
+/// server `admin_url` points at (`pg_stat_activity`), so a fault is known to land mid-statement.
+pub async fn wait_for_statement(admin_url: &str, fragment: &str) {
+    wait_for_running(admin_url, fragment, true).await;
+}
+
+/// Waits, at most [`HANG_LIMIT`], until no statement containing `fragment` runs any more on the
+/// server `admin_url` points at: whatever it was going to commit, it has.
+pub async fn wait_for_statement_end(admin_url: &str, fragment: &str) {
+    wait_for_running(admin_url, fragment, false).await;
+}
+
+async fn wait_for_running(admin_url: &str, fragment: &str, running: bool) {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%{}%' \
+         AND pid <> pg_backend_pid()",
+        fragment.replace('\'', "''")
+    );
+    let deadline = tokio::time::Instant::now() + HANG_LIMIT;
+    while (admin_scalar(admin_url, &sql).await > 0) != running {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a statement with {fragment:?} never reached running={running}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Probes (forced) until the status is `want`, at most [`HANG_LIMIT`]; returns that report and

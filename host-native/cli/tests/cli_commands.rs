@@ -2,6 +2,8 @@
 //! degraded case here; healthy and unhealthy are in `api_main_job.rs`), `info` never shows the
 //! password, `token` mints a token the API accepts, and `schemas` writes what `schemas/` holds.
 
+// The HTTP API tests' in-process server, token minting and schema checks.
+#[path = "../../http/tests/support/mod.rs"]
 mod support;
 
 use std::collections::BTreeMap;

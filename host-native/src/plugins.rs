@@ -21,8 +21,10 @@
 //! is quarantined after repeated faults). The status page gets a [`PluginDirectory`].
 //!
 //! Health-check plugins reach the database only through [`ReadOnlyQuery`]: a read-only
-//! connection of their own, a row cap ([`PLUGIN_MAX_ROWS`]) and a timeout, with read-only
-//! enforced by the database.
+//! connection of their own, a row cap ([`PLUGIN_MAX_ROWS`]), a byte cap (the sandbox's
+//! per-check query bytes) and a timeout, with read-only enforced by the database. The sandbox
+//! limits come from `DBGUARD_PLUGIN_*` (see `dbguard_plugin_host::HostConfig::with_env_vars`);
+//! a bad value stops the runtime from starting, with the variable named.
 //!
 //! Only one retry policy can be active. With several retry-policy files, the one loaded last
 //! answers (at start, the last in file-name order) and the others stand by: if the active
@@ -41,7 +43,6 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -49,7 +50,8 @@ use arc_swap::ArcSwap;
 use dbguard_core::health::CheckResult;
 use dbguard_core::{AttemptInfo, DatabaseType, PluginStatus, PolicyVerdict};
 pub use dbguard_plugin_host::{
-    ActiveRetryPolicy, HealthCheckPlugin, HostConfig, PluginError, PluginHost, QueryFn, Rows, SqlValue,
+    ActiveRetryPolicy, HealthCheckPlugin, HostConfig, PluginError, PluginHost, PluginStats, QueryFailure, QueryFn,
+    Rows, SqlValue,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -58,7 +60,7 @@ use crate::api::{PluginControl, PluginReload, RefusedPlugin};
 use crate::clock::rfc3339;
 use crate::health::{ExtraCheck, ExtraChecks};
 use crate::manager::{DbManager, PluginDirectory};
-use crate::readonly::{QueryRequest, ReadOnlyQuery, TIMEOUT_MS_CAP};
+use crate::readonly::{QueryError, QueryRequest, ReadOnlyQuery, TIMEOUT_MS_CAP};
 use crate::runner::RetryAdvisor;
 
 /// How often the plugin directory is polled for changes.
@@ -67,8 +69,8 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// The most rows a health-check plugin's query returns.
 pub const PLUGIN_MAX_ROWS: u32 = 100;
 
-/// Consecutive faults after which a health-check plugin is quarantined until a reload (the
-/// same default as the host's for retry policies).
+/// Consecutive faults after which a plugin is quarantined until a reload, unless
+/// `DBGUARD_PLUGIN_QUARANTINE_AFTER` says otherwise (the host counts them).
 pub const CHECK_QUARANTINE_AFTER: u32 = 3;
 
 /// Loads plugins from a directory, keeps them in step with it, and wires them into a
@@ -147,13 +149,16 @@ enum Loaded {
 
 impl PluginRuntime {
     /// Starts a runtime for `manager` on `dir`: loads every plugin there, starts watching, and
-    /// wires the manager. The built-in retry policy is the fallback for a faulting plugin, and
-    /// health checks get the probe's timeout. Fails only if the WebAssembly engine cannot be
-    /// built; a missing directory counts as empty (and is watched for).
+    /// wires the manager. The built-in retry policy is the fallback for a faulting plugin,
+    /// health checks get the probe's timeout, and `DBGUARD_PLUGIN_*` variables of the process
+    /// environment set the sandbox limits. Fails if one of those is invalid or the WebAssembly
+    /// engine cannot be built; a missing directory counts as empty (and is watched for).
     pub async fn start(manager: DbManager, dir: impl Into<PathBuf>) -> Result<Self, PluginError> {
         let config = manager.config();
-        let host_config =
-            HostConfig::default().fallback_policy(config.retry).check_timeout(config.health.thresholds.timeout);
+        let host_config = HostConfig::default()
+            .fallback_policy(config.retry)
+            .check_timeout(config.health.thresholds.timeout)
+            .with_process_env()?;
         Self::start_with(manager, dir, host_config).await
     }
 
@@ -167,7 +172,8 @@ impl PluginRuntime {
         let host = PluginHost::new(host_config.clone())?;
         let catalog = Arc::new(Catalog { retry: host.retry_policy(), checks: ArcSwap::from_pointee(Vec::new()) });
         let query: Arc<dyn QueryFn> = Arc::new(PluginQuery {
-            runner: ReadOnlyQuery::new(manager.config()),
+            runner: ReadOnlyQuery::new(manager.config())
+                .with_max_result_bytes(host_config.get_limits().max_query_bytes_per_check),
             runtime: tokio::runtime::Handle::current(),
             max_timeout: query_timeout_cap(&manager),
         });
@@ -210,9 +216,34 @@ impl PluginRuntime {
         &self.inner.dir
     }
 
-    /// The loaded plugins: the active retry policy, then the health checks by file name.
+    /// The loaded plugins: the active retry policy, then the health checks by file name; then
+    /// every refused file that has nothing loaded, as state `refused` with the reason in
+    /// `last_fault` (its `loaded_at` is the file's modification time).
     pub fn plugins(&self) -> Vec<PluginStatus> {
-        self.inner.catalog.statuses()
+        let mut rows = self.inner.catalog.statuses();
+        // A scan holds the files while it verifies plugins: do not wait for it (the caller may
+        // be an async handler); the refusals show once it is done.
+        let files = match self.inner.files.try_lock() {
+            Ok(files) => files,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return rows,
+        };
+        rows.extend(files.entries.values().filter(|entry| entry.loaded.is_none()).filter_map(|entry| {
+            let refusal = entry.refused.as_ref()?;
+            Some(PluginStatus {
+                name: refusal.file.clone(),
+                world: "unknown".to_owned(),
+                version: None,
+                content_hash: entry.hash.iter().map(|b| format!("{b:02x}")).collect(),
+                loaded_at: rfc3339(entry.stamp.modified.unwrap_or(SystemTime::UNIX_EPOCH)),
+                calls: 0,
+                faults: 0,
+                state: "refused".to_owned(),
+                last_fault: Some(format!("{}: {}", refusal.error, refusal.message)),
+                log_lines_dropped: 0,
+            })
+        }));
+        rows
     }
 
     /// Files currently refused, and why.
@@ -491,6 +522,10 @@ fn error_code(error: &PluginError) -> &'static str {
         PluginError::MemoryLimit { .. } => "memory_limit",
         PluginError::InvalidDecision(_) => "invalid_decision",
         PluginError::Quarantined(_) => "quarantined",
+        PluginError::Blocking(_) => "blocking",
+        PluginError::LimitExceeded(_) => "limit_exceeded",
+        PluginError::SlowQuery(_) => "slow_query",
+        PluginError::InvalidConfig(_) => "invalid_config",
         _ => "refused",
     }
 }
@@ -554,18 +589,9 @@ impl Catalog {
     fn statuses(&self) -> Vec<PluginStatus> {
         let mut rows = Vec::new();
         if let Some(stats) = self.retry.stats() {
-            rows.push(PluginStatus {
-                name: stats.handle.name.clone(),
-                world: stats.handle.world.as_str().to_owned(),
-                version: None,
-                content_hash: stats.handle.content_hash.clone(),
-                loaded_at: rfc3339(stats.handle.loaded_at),
-                calls: stats.calls,
-                faults: stats.faults,
-                state: stats.state.as_str().to_owned(),
-            });
+            rows.push(plugin_status(stats));
         }
-        rows.extend(self.checks.load().iter().map(|check| check.status()));
+        rows.extend(self.checks.load().iter().map(|check| plugin_status(check.plugin.stats())));
         rows
     }
 }
@@ -585,43 +611,32 @@ impl PluginDirectory for Directory {
     }
 }
 
-/// A loaded health-check plugin with its counters and quarantine.
+/// The status API's row for a plugin.
+fn plugin_status(stats: PluginStats) -> PluginStatus {
+    PluginStatus {
+        name: stats.handle.name.clone(),
+        world: stats.handle.world.as_str().to_owned(),
+        version: None,
+        content_hash: stats.handle.content_hash.clone(),
+        loaded_at: rfc3339(stats.handle.loaded_at),
+        calls: stats.calls,
+        faults: stats.faults,
+        state: stats.state.as_str().to_owned(),
+        last_fault: stats.last_fault,
+        log_lines_dropped: stats.log_lines_dropped,
+    }
+}
+
+/// A loaded health-check plugin; the host counts its faults and quarantines it.
 struct CheckEntry {
     plugin: HealthCheckPlugin,
     database_type: &'static str,
     query: Arc<dyn QueryFn>,
-    calls: AtomicU64,
-    faults: AtomicU64,
-    consecutive: AtomicU32,
-    quarantined: AtomicBool,
 }
 
 impl CheckEntry {
     fn new(plugin: HealthCheckPlugin, database_type: &'static str, query: Arc<dyn QueryFn>) -> Self {
-        Self {
-            plugin,
-            database_type,
-            query,
-            calls: AtomicU64::new(0),
-            faults: AtomicU64::new(0),
-            consecutive: AtomicU32::new(0),
-            quarantined: AtomicBool::new(false),
-        }
-    }
-
-    fn status(&self) -> PluginStatus {
-        let handle = self.plugin.handle();
-        let quarantined = self.quarantined.load(Ordering::Relaxed);
-        PluginStatus {
-            name: handle.name.clone(),
-            world: handle.world.as_str().to_owned(),
-            version: None,
-            content_hash: handle.content_hash.clone(),
-            loaded_at: rfc3339(handle.loaded_at),
-            calls: self.calls.load(Ordering::Relaxed),
-            faults: self.faults.load(Ordering::Relaxed),
-            state: if quarantined { "quarantined" } else { "active" }.to_owned(),
-        }
+        Self { plugin, database_type, query }
     }
 }
 
@@ -632,27 +647,12 @@ impl ExtraCheck for CheckEntry {
 
     fn run(&self) -> Result<CheckResult, String> {
         let name = &self.plugin.handle().name;
-        if self.quarantined.load(Ordering::Relaxed) {
-            let faults = self.consecutive.load(Ordering::Relaxed);
-            return Err(format!("plugin {name} is quarantined after {faults} consecutive faults; reload it"));
-        }
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        match self.plugin.check(self.database_type, self.query.clone()) {
-            Ok(result) => {
-                self.consecutive.store(0, Ordering::Relaxed);
-                Ok(result)
+        match self.plugin.run(self.database_type, self.query.clone()) {
+            Ok(result) => Ok(result),
+            Err(PluginError::Quarantined(faults)) => {
+                Err(format!("plugin {name} is quarantined after {faults} consecutive faults; reload it"))
             }
-            Err(error) => {
-                self.faults.fetch_add(1, Ordering::Relaxed);
-                let consecutive = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
-                let quarantine = consecutive >= CHECK_QUARANTINE_AFTER;
-                if quarantine {
-                    self.quarantined.store(true, Ordering::Relaxed);
-                }
-                tracing::warn!(plugin = %name, consecutive, quarantined = quarantine, %error,
-                    "health check plugin faulted; reporting the check as failed");
-                Err(format!("plugin {name} faulted: {error}"))
-            }
+            Err(error) => Err(format!("plugin {name} faulted: {error}")),
         }
     }
 }
@@ -666,7 +666,7 @@ struct PluginQuery {
 }
 
 impl QueryFn for PluginQuery {
-    fn query(&self, sql: &str, params: &[String], timeout: Duration) -> Result<Rows, String> {
+    fn query(&self, sql: &str, params: &[String], timeout: Duration) -> Result<Rows, QueryFailure> {
         let timeout = timeout.min(self.max_timeout).max(Duration::from_millis(1));
         let request = QueryRequest {
             query: sql.to_owned(),
@@ -674,10 +674,16 @@ impl QueryFn for PluginQuery {
             max_rows: Some(PLUGIN_MAX_ROWS),
             timeout_ms: Some(u64::try_from(timeout.as_millis()).unwrap_or(TIMEOUT_MS_CAP)),
         };
-        // Plugins run on blocking threads (the health service and reloads see to that), where
-        // waiting on the runtime is allowed; the runner's own timeout bounds the wait.
-        let answer =
-            self.runtime.block_on(self.runner.run(&request)).map_err(|error| format!("{}: {error}", error.code()))?;
+        // Plugins run on the plugin host's own threads, outside the runtime, where waiting on
+        // it is allowed; the runner's own timeout bounds the wait.
+        let answer = self.runtime.block_on(self.runner.run(&request)).map_err(|error| {
+            let message = format!("{}: {error}", error.code());
+            match error {
+                QueryError::Timeout(_) => QueryFailure::TimedOut(message),
+                QueryError::TooLarge(_) => QueryFailure::TooLarge(message),
+                _ => QueryFailure::Failed(message),
+            }
+        })?;
         let rows = answer
             .rows
             .iter()

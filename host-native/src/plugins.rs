@@ -216,11 +216,16 @@ impl PluginRuntime {
         &self.inner.dir
     }
 
-    /// The loaded plugins: the active retry policy, then the health checks by file name; then
-    /// every refused file that has nothing loaded, as state `refused` with the reason in
-    /// `last_fault` (its `loaded_at` is the file's modification time).
+    /// The loaded plugins: the active retry policy, then the health checks by file name.
     pub fn plugins(&self) -> Vec<PluginStatus> {
-        let mut rows = self.inner.catalog.statuses();
+        self.inner.catalog.statuses()
+    }
+
+    /// What `GET /api/plugins` lists: [`PluginRuntime::plugins`], then every refused file that
+    /// has nothing loaded, as state `refused` with the reason in `last_fault` (its `loaded_at`
+    /// is the file's modification time).
+    pub fn plugins_and_refusals(&self) -> Vec<PluginStatus> {
+        let mut rows = self.plugins();
         // A scan holds the files while it verifies plugins: do not wait for it (the caller may
         // be an async handler); the refusals show once it is done.
         let files = match self.inner.files.try_lock() {
@@ -290,7 +295,7 @@ fn query_timeout_cap(manager: &DbManager) -> Duration {
 
 impl PluginControl for PluginRuntime {
     fn plugins(&self) -> Vec<PluginStatus> {
-        PluginRuntime::plugins(self)
+        PluginRuntime::plugins_and_refusals(self)
     }
 
     fn reload(&self) -> Pin<Box<dyn Future<Output = PluginReload> + Send + '_>> {

@@ -173,7 +173,8 @@ impl PluginRuntime {
         let catalog = Arc::new(Catalog { retry: host.retry_policy(), checks: ArcSwap::from_pointee(Vec::new()) });
         let query: Arc<dyn QueryFn> = Arc::new(PluginQuery {
             runner: ReadOnlyQuery::new(manager.config())
-                .with_max_result_bytes(host_config.get_limits().max_query_bytes_per_check),
+                .with_max_result_bytes(host_config.get_limits().max_query_bytes_per_check)
+                .with_connection_reuse(),
             runtime: tokio::runtime::Handle::current(),
             max_timeout: query_timeout_cap(&manager),
         });

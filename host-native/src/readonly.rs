@@ -175,6 +175,9 @@ pub struct ReadOnlyQuery {
     redactor: Redactor,
     permits: Arc<tokio::sync::Semaphore>,
     max_result_bytes: usize,
+    /// Connections kept between calls, when reuse is on (see
+    /// [`ReadOnlyQuery::with_connection_reuse`]).
+    idle: Option<tokio::sync::Mutex<Vec<PgConnection>>>,
 }
 
 impl std::fmt::Debug for ReadOnlyQuery {
@@ -211,7 +214,19 @@ impl ReadOnlyQuery {
             redactor: Redactor::from_config(config),
             permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT)),
             max_result_bytes: MAX_RESULT_BYTES,
+            idle: None,
         }
+    }
+
+    /// The same runner keeping its PostgreSQL connections between calls (at most
+    /// [`MAX_CONCURRENT`]), for callers that query often, as health-check plugins do: one
+    /// connection per query let a plugin open thousands. A connection is kept only after a
+    /// statement that finished cleanly, and only once `ROLLBACK` and `DISCARD ALL` have reset
+    /// it (settings, advisory locks, prepared statements), so nothing of one call reaches the
+    /// next; the login's privileges are checked again on every call.
+    pub fn with_connection_reuse(mut self) -> Self {
+        self.idle = Some(tokio::sync::Mutex::new(Vec::new()));
+        self
     }
 
     /// The same runner with another byte cap on results (default [`MAX_RESULT_BYTES`]; at
@@ -309,13 +324,39 @@ impl ReadOnlyQuery {
         request: &QueryRequest,
         limits: QueryLimits,
     ) -> Result<Rows, QueryError> {
-        let mut conn = PgConnection::connect_with(options).await.map_err(|err| self.pg_error(&err))?;
-        let result = self.pg_session(&mut conn, dedicated, request, limits).await;
+        let idle = match &self.idle {
+            Some(idle) => idle.lock().await.pop(),
+            None => None,
+        };
+        let reused = idle.is_some();
+        let mut conn = match idle {
+            Some(conn) => conn,
+            None => PgConnection::connect_with(options).await.map_err(|err| self.pg_error(&err))?,
+        };
+        let mut result = self.pg_session(&mut conn, dedicated, request, limits).await;
+        if reused && matches!(result, Err(QueryError::Unavailable(_))) {
+            // A kept connection the server has since closed: one fresh try.
+            conn = PgConnection::connect_with(options).await.map_err(|err| self.pg_error(&err))?;
+            result = self.pg_session(&mut conn, dedicated, request, limits).await;
+        }
         match &result {
-            // A cleanly finished statement: roll back and say goodbye.
+            // A cleanly finished statement: roll back, then keep the connection or say goodbye.
             Ok((_, _, false)) => {
-                let _ = conn.execute("ROLLBACK").await;
-                let _ = conn.close().await;
+                let reset = conn.execute("ROLLBACK").await.is_ok();
+                match &self.idle {
+                    Some(idle) if reset && conn.execute("DISCARD ALL").await.is_ok() => {
+                        let mut idle = idle.lock().await;
+                        if idle.len() < MAX_CONCURRENT {
+                            idle.push(conn);
+                        } else {
+                            drop(idle);
+                            let _ = conn.close().await;
+                        }
+                    }
+                    _ => {
+                        let _ = conn.close().await;
+                    }
+                }
             }
             // Truncated or failed: the server may still be sending rows; dropping the socket
             // aborts the transaction without draining them (the server rolls back on EOF).

@@ -167,9 +167,28 @@ impl Shared {
         match error.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => PluginError::Timeout(timeout),
             Some(Trap::OutOfFuel) => PluginError::OutOfFuel,
-            _ => PluginError::Trap(format!("{error:#}")),
+            // A trap's text carries the guest's own function names: bounded and escaped like
+            // anything else the guest controls, since it reaches logs and the health report.
+            _ => PluginError::Trap(bounded_text(&format!("{error:#}"), MAX_TRAP_TEXT_BYTES)),
         }
     }
+}
+
+/// The most bytes of a trap's description kept in a [`PluginError::Trap`].
+const MAX_TRAP_TEXT_BYTES: usize = 1024;
+
+/// `text` with control characters escaped, cut at a character boundary to at most `max`
+/// bytes, with a marker saying so when cut.
+fn bounded_text(text: &str, max: usize) -> String {
+    let escaped = crate::log::escape_controls(text);
+    if escaped.len() <= max {
+        return escaped.into_owned();
+    }
+    let mut end = max;
+    while !escaped.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &escaped[..end], escaped.len())
 }
 
 /// Whole ticks covering `timeout`, plus one because the current tick is already under way.
@@ -376,4 +395,17 @@ fn build_engine(config: &HostConfig) -> wasmtime::Result<Engine> {
         .concurrency_support(false)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
     Engine::new(&wasm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trap_text_is_escaped_and_bounded() {
+        assert_eq!(bounded_text("short\nline", 64), "short\\nline");
+        let long = "é".repeat(1000);
+        let cut = bounded_text(&long, 101);
+        assert!(cut.starts_with(&"é".repeat(50)) && cut.ends_with("(2000 bytes in all)"), "{cut}");
+    }
 }

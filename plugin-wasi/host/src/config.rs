@@ -49,6 +49,9 @@ pub struct SandboxLimits {
     pub log_lines_per_second: u32,
     /// Log lines a plugin may write in a burst above the rate (default 50).
     pub log_burst: u32,
+    /// `log` calls one guest call may make, written or dropped (default 1000); one more is a
+    /// fault. Dropping is cheap, but every call still copies its line into the host.
+    pub max_log_calls_per_call: u32,
     /// Queries one health check may run (default 16).
     pub max_queries_per_check: u32,
     /// Bytes of query results one health check may receive, all queries together (default 1 MiB).
@@ -66,6 +69,7 @@ impl Default for SandboxLimits {
             max_log_line_bytes: 1 << 10,
             log_lines_per_second: 10,
             log_burst: 50,
+            max_log_calls_per_call: 1000,
             max_queries_per_check: 16,
             max_query_bytes_per_check: 1 << 20,
             min_retry_delay: Duration::from_millis(10),

@@ -46,6 +46,10 @@ const VARIABLES: &[(&str, Apply)] = &[
         c.limits.log_burst = count(v, 0, 100_000)?;
         Ok(())
     }),
+    ("DBGUARD_PLUGIN_MAX_LOG_CALLS", |c, v| {
+        c.limits.max_log_calls_per_call = count(v, 1, 1_000_000)?;
+        Ok(())
+    }),
     ("DBGUARD_PLUGIN_MAX_QUERIES", |c, v| {
         c.limits.max_queries_per_check = count(v, 1, 1000)?;
         Ok(())

@@ -145,6 +145,7 @@ impl Shared {
     pub(crate) fn arm(&self, store: &mut Store<StoreData>, timeout: Duration) -> Result<(), PluginError> {
         store.set_epoch_deadline(ticks(timeout));
         store.data_mut().limiter.exceeded = false;
+        store.data_mut().log_calls = 0;
         self.refuel(store)
     }
 

@@ -85,6 +85,8 @@ pub(crate) struct StoreData {
     pub(crate) plugin: Arc<str>,
     pub(crate) check: Option<CheckBudget>,
     log_budget: Arc<LogBudget>,
+    /// `log` calls in the current guest call (reset when the store is armed for a call).
+    pub(crate) log_calls: u32,
     limits: SandboxLimits,
     clock: std::time::Instant,
 }
@@ -105,14 +107,23 @@ impl StoreData {
             plugin,
             check: None,
             log_budget,
+            log_calls: 0,
             limits: config.limits,
             clock,
         }
     }
 
-    /// Writes one plugin line: over-long lines trap, lines over the rate are dropped and
+    /// Writes one plugin line: over-long lines and too many calls trap, lines over the rate are dropped and
     /// counted, control characters are escaped, and the plugin is named in every line.
-    fn log(&self, level: tracing::Level, message: &str) -> wasmtime::Result<()> {
+    fn log(&mut self, level: tracing::Level, message: &str) -> wasmtime::Result<()> {
+        self.log_calls = self.log_calls.saturating_add(1);
+        if self.log_calls > self.limits.max_log_calls_per_call {
+            return Err(Violation::Limit(format!(
+                "more than {} log calls in one call",
+                self.limits.max_log_calls_per_call
+            ))
+            .trap());
+        }
         let max = self.limits.max_log_line_bytes;
         if message.len() > max {
             return Err(Violation::Limit(format!("a log line of {} bytes (at most {max})", message.len())).trap());

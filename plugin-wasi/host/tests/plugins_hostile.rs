@@ -9,7 +9,8 @@ use std::time::Duration;
 use dbguard_core::ErrorClass;
 use dbguard_core::retry::PolicyVerdict;
 use dbguard_plugin_host::{
-    HealthCheckPlugin, HostConfig, PluginError, PluginHost, PluginState, QueryFailure, QueryFn, Rows, SqlValue,
+    HealthCheckPlugin, HostConfig, PluginError, PluginHost, PluginState, QueryFailure, QueryFn, Rows, SandboxLimits,
+    SqlValue,
 };
 use support::{guest, info};
 
@@ -123,8 +124,16 @@ fn a_slow_query_is_a_fault() {
 }
 
 #[test]
-fn a_log_flood_is_rate_limited_and_counted_and_the_check_still_answers() {
+fn a_log_flood_faults_at_its_call_budget() {
     let host = PluginHost::new(HostConfig::default()).expect("engine");
+    let error = load_check(&host, "fixture-log-flood", database(one_row())).unwrap_err();
+    assert!(matches!(&error, PluginError::LimitExceeded(what) if what.contains("log calls")), "{error:?}");
+}
+
+#[test]
+fn log_lines_over_the_rate_are_dropped_and_counted_and_the_check_still_answers() {
+    let limits = SandboxLimits { max_log_calls_per_call: 1_000_000, ..SandboxLimits::default() };
+    let host = PluginHost::new(HostConfig::default().limits(limits)).expect("engine");
     let plugin = load_check(&host, "fixture-log-flood", database(one_row())).expect("logging is not a fault");
     let result = plugin.run("postgres", database(one_row())).expect("answers");
     assert_eq!(result.name, "plugin:fixture-log-flood/fixture:log_flood", "carries the plugin's name");

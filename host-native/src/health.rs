@@ -110,14 +110,29 @@ impl HealthState {
 impl DbManager {
     /// The health report: from the cache while fresh (unless `force`), otherwise from one probe
     /// shared by every concurrent caller (a thousand simultaneous requests cause one round
-    /// trip). Never hangs: the probe has its own timeout.
+    /// trip). A non-forced read that finds a probe already under way gets the last report
+    /// rather than waiting for it. Never hangs: the probe has its own timeout.
     pub async fn check_health(&self, force: bool) -> Arc<HealthReport> {
         let inner = &self.inner;
         let asked_at = inner.clock.now();
         if !force && let Some(cached) = inner.health.fresh(asked_at) {
             return shared_report(cached);
         }
-        let _probing = inner.health.probe_lock.lock().await;
+        let _probing = match inner.health.probe_lock.try_lock() {
+            Ok(probing) => probing,
+            Err(_) => {
+                // A probe is under way (the monitor's, or another reader's), and it may take as
+                // long as the slowest health-check plugin: a cached read answers with the last
+                // report instead of waiting, unless there is none or it no longer applies.
+                if !force
+                    && !inner.health.stale.load(Ordering::Acquire)
+                    && let Some(cached) = inner.health.cache.load_full()
+                {
+                    return shared_report(cached);
+                }
+                inner.health.probe_lock.lock().await
+            }
+        };
         // A report stored while we waited for the lock answers this request too. Freshness, not
         // the probe's timestamp, decides for a cached read: the prober reads the clock before it
         // stores, so a caller that asked in between would otherwise probe a second time.

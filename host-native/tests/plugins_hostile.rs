@@ -323,6 +323,11 @@ async fn a_query_flood_is_refused_at_its_query_budget() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_query_is_a_fault_cut_at_the_check_deadline() {
+    assert_refused("fixture-slow-query", "slow_query").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spoofed_builtin_check_name_is_refused() {
     assert_refused("fixture-spoof-builtin", "invalid_decision").await;
 }

@@ -224,7 +224,8 @@ async fn health_check_plugin_joins_the_report_and_cannot_write() {
         .await
         .expect("drop");
     let report = manager.check_health(true).await;
-    let check = report.checks.iter().find(|c| c.name == "plugin:freshness.wasm/table:freshness").expect("check present");
+    let check =
+        report.checks.iter().find(|c| c.name == "plugin:freshness.wasm/table:freshness").expect("check present");
     assert_eq!(check.status, dbguard_core::health::CheckStatus::Fail);
     assert_eq!(report.status, dbguard::HealthStatus::Degraded);
     manager.close().await;

@@ -101,8 +101,14 @@ pub struct PluginStatus {
     pub calls: u64,
     /// Calls that trapped, timed out or returned an invalid answer.
     pub faults: u64,
-    /// `active` or `quarantined`.
+    /// `active`, `quarantined`, or `refused` (a file the verification gate refused).
     pub state: String,
+    /// The last fault, in words: why it is quarantined, when it is.
+    #[serde(default)]
+    pub last_fault: Option<String>,
+    /// Log lines dropped over the plugin's rate limit.
+    #[serde(default)]
+    pub log_lines_dropped: u64,
 }
 
 /// Everything an operator wants on one page.

@@ -18,20 +18,20 @@
 //! ```
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use dbguard_core::health::CheckResult;
 use dbguard_core::{AttemptInfo, PluginStatus, PolicyVerdict};
 pub use dbguard_plugin_host::{
-    ActiveRetryPolicy, HealthCheckPlugin, HostConfig, PluginError, PluginHost, QueryFn, Rows, SqlValue,
+    ActiveRetryPolicy, HealthCheckPlugin, HostConfig, PluginError, PluginHost, PluginStats, QueryFailure, QueryFn,
+    Rows, SqlValue,
 };
 
 use crate::clock::rfc3339;
 use crate::health::ExtraCheck;
 use crate::runner::RetryAdvisor;
 
-/// Consecutive faults after which a health-check plugin is quarantined until a reload (the
-/// same default as the host's for retry policies).
+/// Consecutive faults after which a plugin is quarantined until a reload, unless
+/// `DBGUARD_PLUGIN_QUARANTINE_AFTER` says otherwise (the host counts them).
 pub const CHECK_QUARANTINE_AFTER: u32 = 3;
 
 /// The retry runner's view of the active retry-policy plugin.
@@ -51,45 +51,39 @@ impl RetryAdvisor for PluginAdvisor {
     }
 }
 
-/// A loaded health-check plugin with its counters and quarantine.
+/// The status page's row for a plugin.
+pub fn plugin_status(stats: PluginStats) -> PluginStatus {
+    PluginStatus {
+        name: stats.handle.name.clone(),
+        world: stats.handle.world.as_str().to_owned(),
+        version: None,
+        content_hash: stats.handle.content_hash.clone(),
+        loaded_at: rfc3339(stats.handle.loaded_at),
+        calls: stats.calls,
+        faults: stats.faults,
+        state: stats.state.as_str().to_owned(),
+        last_fault: stats.last_fault,
+        log_lines_dropped: stats.log_lines_dropped,
+    }
+}
+
+/// A loaded health-check plugin as one of the manager's extra checks; the plugin host counts
+/// its faults and quarantines it.
 pub struct PluginCheck {
     plugin: HealthCheckPlugin,
     database_type: &'static str,
     query: Arc<dyn QueryFn>,
-    calls: AtomicU64,
-    faults: AtomicU64,
-    consecutive: AtomicU32,
-    quarantined: AtomicBool,
 }
 
 impl PluginCheck {
     /// Wraps a loaded check that runs against `database_type` and queries through `query`.
     pub fn new(plugin: HealthCheckPlugin, database_type: &'static str, query: Arc<dyn QueryFn>) -> Self {
-        Self {
-            plugin,
-            database_type,
-            query,
-            calls: AtomicU64::new(0),
-            faults: AtomicU64::new(0),
-            consecutive: AtomicU32::new(0),
-            quarantined: AtomicBool::new(false),
-        }
+        Self { plugin, database_type, query }
     }
 
     /// The plugin's row on the status page.
     pub fn status(&self) -> PluginStatus {
-        let handle = self.plugin.handle();
-        let quarantined = self.quarantined.load(Ordering::Relaxed);
-        PluginStatus {
-            name: handle.name.clone(),
-            world: handle.world.as_str().to_owned(),
-            version: None,
-            content_hash: handle.content_hash.clone(),
-            loaded_at: rfc3339(handle.loaded_at),
-            calls: self.calls.load(Ordering::Relaxed),
-            faults: self.faults.load(Ordering::Relaxed),
-            state: if quarantined { "quarantined" } else { "active" }.to_owned(),
-        }
+        plugin_status(self.plugin.stats())
     }
 }
 
@@ -100,27 +94,12 @@ impl ExtraCheck for PluginCheck {
 
     fn run(&self) -> Result<CheckResult, String> {
         let name = &self.plugin.handle().name;
-        if self.quarantined.load(Ordering::Relaxed) {
-            let faults = self.consecutive.load(Ordering::Relaxed);
-            return Err(format!("plugin {name} is quarantined after {faults} consecutive faults; reload it"));
-        }
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        match self.plugin.check(self.database_type, self.query.clone()) {
-            Ok(result) => {
-                self.consecutive.store(0, Ordering::Relaxed);
-                Ok(result)
+        match self.plugin.run(self.database_type, self.query.clone()) {
+            Ok(result) => Ok(result),
+            Err(PluginError::Quarantined(faults)) => {
+                Err(format!("plugin {name} is quarantined after {faults} consecutive faults; reload it"))
             }
-            Err(error) => {
-                self.faults.fetch_add(1, Ordering::Relaxed);
-                let consecutive = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
-                let quarantine = consecutive >= CHECK_QUARANTINE_AFTER;
-                if quarantine {
-                    self.quarantined.store(true, Ordering::Relaxed);
-                }
-                tracing::warn!(plugin = %name, consecutive, quarantined = quarantine, %error,
-                    "health check plugin faulted; reporting the check as failed");
-                Err(format!("plugin {name} faulted: {error}"))
-            }
+            Err(error) => Err(format!("plugin {name} faulted: {error}")),
         }
     }
 }

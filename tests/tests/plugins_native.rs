@@ -73,7 +73,7 @@ fn assert_freshness(report: &dbguard::HealthReport, check: CheckStatus, overall:
     let found = report
         .checks
         .iter()
-        .find(|c| c.name == "table:freshness")
+        .find(|c| c.name == "plugin:freshness.wasm/table:freshness")
         .unwrap_or_else(|| panic!("the plugin's check is in the report: {:?}", report.checks));
     assert_eq!(found.status, check, "{found:?}");
     assert_eq!(report.status, overall, "{:?}", report.checks);
@@ -216,7 +216,7 @@ async fn health_check_plugin_joins_the_report_and_cannot_write() {
     .await
     .expect("query thread");
     let error = refused.expect_err("an INSERT through the plugin query is refused");
-    assert!(!error.is_empty());
+    assert!(matches!(&error, dbguard::plugins::QueryFailure::Failed(message) if !message.is_empty()), "{error:?}");
     let query = runtime.query_fn();
     let rows =
         tokio::task::spawn_blocking(move || query.query("SELECT count(*) FROM events", &[], Duration::from_secs(2)))
@@ -367,5 +367,30 @@ async fn health_check_plugin_runs_on_postgresql_through_the_read_only_login() {
     sqlx::raw_sql("DROP TABLE events").execute(&mut admin).await.expect("drop");
     let report = manager.check_health(true).await;
     assert_freshness(&report, CheckStatus::Fail, dbguard::HealthStatus::Degraded);
+    manager.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_policy_that_sleeps_on_real_failures_faults_instead_of_panicking_the_call() {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let plugin_dir = temp.path().join("plugins");
+    std::fs::create_dir(&plugin_dir).expect("plugin dir");
+    install(&plugin_dir, "sleepy.wasm", &guest("fixture-sleep-on-failure"));
+    let manager = DbManager::connect(config(&temp.path().join("app.db"))).await.expect("manager");
+    let runtime = PluginRuntime::start(manager.clone(), &plugin_dir).await.expect("runtime");
+    assert_eq!(only_retry_policy(&runtime.plugins()).state, "active", "it passes the gate");
+
+    // A real failure carries the driver's code: the plugin sleeps in WASI, on the runner's
+    // async thread. That used to panic ("Cannot start a runtime from within a runtime").
+    for _ in 0..3 {
+        let error = manager
+            .run(Idempotency::Idempotent, |db| async move { db.execute_unprepared("SELEC 1").await.map(|_| ()) })
+            .await
+            .expect_err("bad SQL fails");
+        assert_eq!(error.class(), dbguard_core::ErrorClass::Syntax, "{error}");
+    }
+    let stats = runtime.retry_policy().stats().expect("loaded");
+    assert_eq!(stats.state.as_str(), "quarantined", "{stats:?}");
+    assert!(stats.last_fault.as_deref().is_some_and(|fault| fault.contains("may not sleep")), "{stats:?}");
     manager.close().await;
 }

@@ -21,8 +21,10 @@
 //! is quarantined after repeated faults). The status page gets a [`PluginDirectory`].
 //!
 //! Health-check plugins reach the database only through [`ReadOnlyQuery`]: a read-only
-//! connection of their own, a row cap ([`PLUGIN_MAX_ROWS`]) and a timeout, with read-only
-//! enforced by the database.
+//! connection of their own, a row cap ([`PLUGIN_MAX_ROWS`]), a byte cap (the sandbox's
+//! per-check query bytes) and a timeout, with read-only enforced by the database. The sandbox
+//! limits come from `DBGUARD_PLUGIN_*` (see `dbguard_plugin_host::HostConfig::with_env_vars`);
+//! a bad value stops the runtime from starting, with the variable named.
 //!
 //! Only one retry policy can be active. With several retry-policy files, the one loaded last
 //! answers (at start, the last in file-name order) and the others stand by: if the active
@@ -47,7 +49,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 pub use dbguard::plugins::{
     ActiveRetryPolicy, CHECK_QUARANTINE_AFTER, HealthCheckPlugin, HostConfig, PluginAdvisor, PluginCheck, PluginError,
-    PluginHost, QueryFn, Rows, SqlValue,
+    PluginHost, PluginStats, QueryFailure, QueryFn, Rows, SqlValue, plugin_status,
 };
 use dbguard_core::{DatabaseType, PluginStatus};
 use serde_json::Value;
@@ -57,7 +59,7 @@ use dbguard::clock::rfc3339;
 use dbguard::{DbManager, ExtraCheck, ExtraChecks, PluginDirectory, RetryAdvisor};
 
 use crate::api::{PluginControl, PluginReload, RefusedPlugin};
-use crate::readonly::{QueryRequest, ReadOnlyQuery, TIMEOUT_MS_CAP};
+use crate::readonly::{QueryError, QueryRequest, ReadOnlyQuery, TIMEOUT_MS_CAP};
 
 /// How often the plugin directory is polled for changes.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -141,13 +143,16 @@ enum Loaded {
 
 impl PluginRuntime {
     /// Starts a runtime for `manager` on `dir`: loads every plugin there, starts watching, and
-    /// wires the manager. The built-in retry policy is the fallback for a faulting plugin, and
-    /// health checks get the probe's timeout. Fails only if the WebAssembly engine cannot be
-    /// built; a missing directory counts as empty (and is watched for).
+    /// wires the manager. The built-in retry policy is the fallback for a faulting plugin,
+    /// health checks get the probe's timeout, and `DBGUARD_PLUGIN_*` variables of the process
+    /// environment set the sandbox limits. Fails if one of those is invalid or the WebAssembly
+    /// engine cannot be built; a missing directory counts as empty (and is watched for).
     pub async fn start(manager: DbManager, dir: impl Into<PathBuf>) -> Result<Self, PluginError> {
         let config = manager.config();
-        let host_config =
-            HostConfig::default().fallback_policy(config.retry).check_timeout(config.health.thresholds.timeout);
+        let host_config = HostConfig::default()
+            .fallback_policy(config.retry)
+            .check_timeout(config.health.thresholds.timeout)
+            .with_process_env()?;
         Self::start_with(manager, dir, host_config).await
     }
 
@@ -161,7 +166,9 @@ impl PluginRuntime {
         let host = PluginHost::new(host_config.clone())?;
         let catalog = Arc::new(Catalog { retry: host.retry_policy(), checks: ArcSwap::from_pointee(Vec::new()) });
         let query: Arc<dyn QueryFn> = Arc::new(PluginQuery {
-            runner: ReadOnlyQuery::new(manager.config()),
+            runner: ReadOnlyQuery::new(manager.config())
+                .with_max_result_bytes(host_config.get_limits().max_query_bytes_per_check)
+                .with_connection_reuse(),
             runtime: tokio::runtime::Handle::current(),
             max_timeout: query_timeout_cap(&manager),
         });
@@ -209,6 +216,36 @@ impl PluginRuntime {
         self.inner.catalog.statuses()
     }
 
+    /// What `GET /api/plugins` lists: [`PluginRuntime::plugins`], then every refused file that
+    /// has nothing loaded, as state `refused` with the reason in `last_fault` (its `loaded_at`
+    /// is the file's modification time).
+    pub fn plugins_and_refusals(&self) -> Vec<PluginStatus> {
+        let mut rows = self.plugins();
+        // A scan holds the files while it verifies plugins: do not wait for it (the caller may
+        // be an async handler); the refusals show once it is done.
+        let files = match self.inner.files.try_lock() {
+            Ok(files) => files,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return rows,
+        };
+        rows.extend(files.entries.values().filter(|entry| entry.loaded.is_none()).filter_map(|entry| {
+            let refusal = entry.refused.as_ref()?;
+            Some(PluginStatus {
+                name: refusal.file.clone(),
+                world: "unknown".to_owned(),
+                version: None,
+                content_hash: entry.hash.iter().map(|b| format!("{b:02x}")).collect(),
+                loaded_at: rfc3339(entry.stamp.modified.unwrap_or(SystemTime::UNIX_EPOCH)),
+                calls: 0,
+                faults: 0,
+                state: "refused".to_owned(),
+                last_fault: Some(format!("{}: {}", refusal.error, refusal.message)),
+                log_lines_dropped: 0,
+            })
+        }));
+        rows
+    }
+
     /// Files currently refused, and why.
     pub fn refused(&self) -> Vec<RefusedPlugin> {
         match self.inner.files.lock() {
@@ -253,7 +290,7 @@ fn query_timeout_cap(manager: &DbManager) -> Duration {
 
 impl PluginControl for PluginRuntime {
     fn plugins(&self) -> Vec<PluginStatus> {
-        PluginRuntime::plugins(self)
+        PluginRuntime::plugins_and_refusals(self)
     }
 
     fn reload(&self) -> Pin<Box<dyn Future<Output = PluginReload> + Send + '_>> {
@@ -485,6 +522,10 @@ fn error_code(error: &PluginError) -> &'static str {
         PluginError::MemoryLimit { .. } => "memory_limit",
         PluginError::InvalidDecision(_) => "invalid_decision",
         PluginError::Quarantined(_) => "quarantined",
+        PluginError::Blocking(_) => "blocking",
+        PluginError::LimitExceeded(_) => "limit_exceeded",
+        PluginError::SlowQuery(_) => "slow_query",
+        PluginError::InvalidConfig(_) => "invalid_config",
         _ => "refused",
     }
 }
@@ -538,16 +579,7 @@ impl Catalog {
     fn statuses(&self) -> Vec<PluginStatus> {
         let mut rows = Vec::new();
         if let Some(stats) = self.retry.stats() {
-            rows.push(PluginStatus {
-                name: stats.handle.name.clone(),
-                world: stats.handle.world.as_str().to_owned(),
-                version: None,
-                content_hash: stats.handle.content_hash.clone(),
-                loaded_at: rfc3339(stats.handle.loaded_at),
-                calls: stats.calls,
-                faults: stats.faults,
-                state: stats.state.as_str().to_owned(),
-            });
+            rows.push(plugin_status(stats));
         }
         rows.extend(self.checks.load().iter().map(|check| check.status()));
         rows
@@ -578,7 +610,7 @@ struct PluginQuery {
 }
 
 impl QueryFn for PluginQuery {
-    fn query(&self, sql: &str, params: &[String], timeout: Duration) -> Result<Rows, String> {
+    fn query(&self, sql: &str, params: &[String], timeout: Duration) -> Result<Rows, QueryFailure> {
         let timeout = timeout.min(self.max_timeout).max(Duration::from_millis(1));
         let request = QueryRequest {
             query: sql.to_owned(),
@@ -586,10 +618,16 @@ impl QueryFn for PluginQuery {
             max_rows: Some(PLUGIN_MAX_ROWS),
             timeout_ms: Some(u64::try_from(timeout.as_millis()).unwrap_or(TIMEOUT_MS_CAP)),
         };
-        // Plugins run on blocking threads (the health service and reloads see to that), where
-        // waiting on the runtime is allowed; the runner's own timeout bounds the wait.
-        let answer =
-            self.runtime.block_on(self.runner.run(&request)).map_err(|error| format!("{}: {error}", error.code()))?;
+        // Plugins run on the plugin host's own threads, outside the runtime, where waiting on
+        // it is allowed; the runner's own timeout bounds the wait.
+        let answer = self.runtime.block_on(self.runner.run(&request)).map_err(|error| {
+            let message = format!("{}: {error}", error.code());
+            match error {
+                QueryError::Timeout(_) => QueryFailure::TimedOut(message),
+                QueryError::TooLarge(_) => QueryFailure::TooLarge(message),
+                _ => QueryFailure::Failed(message),
+            }
+        })?;
         let rows = answer
             .rows
             .iter()

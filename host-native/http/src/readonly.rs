@@ -8,6 +8,9 @@
 //!   query runs as a least-privilege *login*: `DB_TEST_URL` if set, else the main URL's user
 //!   only when it is not a superuser and holds neither `pg_execute_server_program` nor
 //!   `pg_write_server_files` (checked on every call, on the connection that runs the query).
+//!   A login that can read a catalog holding secrets ([`SECRET_CATALOGS`]: password hashes,
+//!   foreign-server credentials), as `pg_read_all_data` can, is refused too: whatever it
+//!   reads may end up in a response or, through a plugin, in the health report.
 //!   Each call opens its own connection, runs `BEGIN READ ONLY`, sets a local
 //!   `statement_timeout`, runs the statement through the extended protocol (a prepared
 //!   statement cannot hold more than one command), always rolls back, and closes the
@@ -48,6 +51,12 @@ pub const MAX_QUERY_BYTES: usize = 16 * 1024;
 pub const MAX_PARAMS: usize = 100;
 /// Read-only queries that may run at once (each holds its own connection).
 pub const MAX_CONCURRENT: usize = 4;
+/// The most bytes of values a result may carry (rows are counted as they arrive, so a result
+/// past this is refused without being held in memory).
+pub const MAX_RESULT_BYTES: usize = 4 << 20;
+/// The catalogs that hold secrets: password hashes (`pg_authid`, and `pg_shadow` over it) and
+/// the options of user mappings, which hold foreign servers' passwords.
+pub const SECRET_CATALOGS: [&str; 3] = ["pg_authid", "pg_shadow", "pg_user_mapping"];
 
 /// The body of `POST /api/database/test`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -98,6 +107,12 @@ pub enum QueryError {
     /// The statement ran past its timeout and was cancelled (HTTP 504).
     #[error("{0}")]
     Timeout(String),
+    /// The result carries more bytes than the runner's limit (HTTP 400).
+    #[error("{0}")]
+    TooLarge(String),
+    /// The login can read a catalog that holds secrets (HTTP 403).
+    #[error("{0}")]
+    SecretCatalog(String),
     /// The database could not be reached (HTTP 503).
     #[error("{0}")]
     Unavailable(String),
@@ -113,6 +128,8 @@ impl QueryError {
             Self::Invalid(_) => "invalid_query",
             Self::Forbidden(_) => "forbidden",
             Self::Timeout(_) => "timeout",
+            Self::TooLarge(_) => "result_too_large",
+            Self::SecretCatalog(_) => "secret_catalog",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal_error",
         }
@@ -152,11 +169,15 @@ enum Backend {
     Misconfigured(String),
 }
 
-/// Runs one read-only statement at a time per call, with a row cap and a timeout.
+/// Runs one read-only statement at a time per call, with a row cap, a byte cap and a timeout.
 pub struct ReadOnlyQuery {
     backend: Backend,
     redactor: Redactor,
     permits: Arc<tokio::sync::Semaphore>,
+    max_result_bytes: usize,
+    /// Connections kept between calls, when reuse is on (see
+    /// [`ReadOnlyQuery::with_connection_reuse`]).
+    idle: Option<tokio::sync::Mutex<Vec<PgConnection>>>,
 }
 
 impl std::fmt::Debug for ReadOnlyQuery {
@@ -192,7 +213,27 @@ impl ReadOnlyQuery {
             backend,
             redactor: Redactor::from_config(config),
             permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT)),
+            max_result_bytes: MAX_RESULT_BYTES,
+            idle: None,
         }
+    }
+
+    /// The same runner keeping its PostgreSQL connections between calls (at most
+    /// [`MAX_CONCURRENT`]), for callers that query often, as health-check plugins do: one
+    /// connection per query let a plugin open thousands. A connection is kept only after a
+    /// statement that finished cleanly, and only once `ROLLBACK` and `DISCARD ALL` have reset
+    /// it (settings, advisory locks, prepared statements), so nothing of one call reaches the
+    /// next; the login's privileges are checked again on every call.
+    pub fn with_connection_reuse(mut self) -> Self {
+        self.idle = Some(tokio::sync::Mutex::new(Vec::new()));
+        self
+    }
+
+    /// The same runner with another byte cap on results (default [`MAX_RESULT_BYTES`]; at
+    /// least one byte).
+    pub fn with_max_result_bytes(mut self, bytes: usize) -> Self {
+        self.max_result_bytes = bytes.max(1);
+        self
     }
 
     /// Runs the query and writes one audit event (`target: "dbguard::audit"`) naming `subject`,
@@ -263,7 +304,9 @@ impl ReadOnlyQuery {
                     "the test endpoint needs a file database; an in-memory SQLite database cannot be opened read-only from a second connection".into(),
                 ));
             }
-            Backend::Sqlite { path: Some(path) } => run_sqlite(path.clone(), request.clone(), limits).await?,
+            Backend::Sqlite { path: Some(path) } => {
+                run_sqlite(path.clone(), request.clone(), limits, self.max_result_bytes).await?
+            }
         };
         Ok(QueryResult {
             row_count: rows.len(),
@@ -281,13 +324,39 @@ impl ReadOnlyQuery {
         request: &QueryRequest,
         limits: QueryLimits,
     ) -> Result<Rows, QueryError> {
-        let mut conn = PgConnection::connect_with(options).await.map_err(|err| self.pg_error(&err))?;
-        let result = self.pg_session(&mut conn, dedicated, request, limits).await;
+        let idle = match &self.idle {
+            Some(idle) => idle.lock().await.pop(),
+            None => None,
+        };
+        let reused = idle.is_some();
+        let mut conn = match idle {
+            Some(conn) => conn,
+            None => PgConnection::connect_with(options).await.map_err(|err| self.pg_error(&err))?,
+        };
+        let mut result = self.pg_session(&mut conn, dedicated, request, limits).await;
+        if reused && matches!(result, Err(QueryError::Unavailable(_))) {
+            // A kept connection the server has since closed: one fresh try.
+            conn = PgConnection::connect_with(options).await.map_err(|err| self.pg_error(&err))?;
+            result = self.pg_session(&mut conn, dedicated, request, limits).await;
+        }
         match &result {
-            // A cleanly finished statement: roll back and say goodbye.
+            // A cleanly finished statement: roll back, then keep the connection or say goodbye.
             Ok((_, _, false)) => {
-                let _ = conn.execute("ROLLBACK").await;
-                let _ = conn.close().await;
+                let reset = conn.execute("ROLLBACK").await.is_ok();
+                match &self.idle {
+                    Some(idle) if reset && conn.execute("DISCARD ALL").await.is_ok() => {
+                        let mut idle = idle.lock().await;
+                        if idle.len() < MAX_CONCURRENT {
+                            idle.push(conn);
+                        } else {
+                            drop(idle);
+                            let _ = conn.close().await;
+                        }
+                    }
+                    _ => {
+                        let _ = conn.close().await;
+                    }
+                }
             }
             // Truncated or failed: the server may still be sending rows; dropping the socket
             // aborts the transaction without draining them (the server rolls back on EOF).
@@ -303,15 +372,25 @@ impl ReadOnlyQuery {
         request: &QueryRequest,
         limits: QueryLimits,
     ) -> Result<Rows, QueryError> {
-        let (user, superuser, program, files): (String, bool, bool, bool) = sqlx::query_as(
+        let (user, superuser, program, files, secrets): (String, bool, bool, bool, Vec<String>) = sqlx::query_as(
             "SELECT current_user::text, r.rolsuper, \
                     pg_has_role(current_user, 'pg_execute_server_program', 'MEMBER'), \
-                    pg_has_role(current_user, 'pg_write_server_files', 'MEMBER') \
+                    pg_has_role(current_user, 'pg_write_server_files', 'MEMBER'), \
+                    ARRAY(SELECT c FROM unnest($1::text[]) c \
+                          WHERE has_table_privilege(('pg_catalog.' || c)::regclass, 'SELECT')) \
              FROM pg_roles r WHERE r.rolname = current_user",
         )
+        .bind(&SECRET_CATALOGS[..])
         .fetch_one(&mut *conn)
         .await
         .map_err(|err| self.pg_error(&err))?;
+        let source = if dedicated { "DB_TEST_URL" } else { "DATABASE_URL" };
+        if !superuser && !secrets.is_empty() {
+            return Err(QueryError::SecretCatalog(format!(
+                "the test endpoint refuses to run as {source}'s user \"{user}\", which can read {}: those catalogs hold password hashes and foreign-server credentials. Use a login without pg_read_all_data, e.g. CREATE ROLE dbguard_ro LOGIN PASSWORD '…' IN ROLE pg_monitor, plus GRANT USAGE ON SCHEMA app TO dbguard_ro and GRANT SELECT ON ALL TABLES IN SCHEMA app TO dbguard_ro",
+                secrets.join(", ")
+            )));
+        }
         if superuser || program || files {
             let what = if superuser {
                 "is a superuser".to_owned()
@@ -319,9 +398,8 @@ impl ReadOnlyQuery {
                 "may run server programs or write server files (pg_execute_server_program / pg_write_server_files)"
                     .to_owned()
             };
-            let source = if dedicated { "DB_TEST_URL" } else { "DATABASE_URL" };
             return Err(QueryError::Forbidden(format!(
-                "the test endpoint refuses to run as {source}'s user \"{user}\", which {what}: a read-only transaction does not stop such a login from running programs or changing roles. Configure DB_TEST_URL with a least-privilege login, e.g. CREATE ROLE dbguard_ro LOGIN PASSWORD '…' IN ROLE pg_read_all_data"
+                "the test endpoint refuses to run as {source}'s user \"{user}\", which {what}: a read-only transaction does not stop such a login from running programs or changing roles. Configure DB_TEST_URL with a least-privilege login, e.g. CREATE ROLE dbguard_ro LOGIN PASSWORD '…' IN ROLE pg_monitor, plus SELECT granted on the application's schemas"
             )));
         }
         conn.execute("BEGIN READ ONLY").await.map_err(|err| self.pg_error(&err))?;
@@ -343,6 +421,7 @@ impl ReadOnlyQuery {
         let mut rows = Vec::new();
         let mut columns: Vec<String> = Vec::new();
         let mut truncated = false;
+        let mut bytes = ResultBytes::new(self.max_result_bytes);
         {
             // The text is the operator's by design; it runs read-only, as a least-privilege login,
             // and its parameters are bound, never spliced.
@@ -353,6 +432,11 @@ impl ReadOnlyQuery {
                     truncated = true;
                     break;
                 }
+                let row_bytes: usize = (0..row.len())
+                    .filter_map(|index| row.try_get_raw(index).ok())
+                    .filter_map(|raw| raw.as_bytes().ok().map(<[u8]>::len))
+                    .sum();
+                bytes.add(row_bytes)?;
                 if columns.is_empty() {
                     columns = row.columns().iter().map(|c| c.name().to_owned()).collect();
                 }
@@ -470,7 +554,35 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// at once instead of allocating a gigabyte that the timeout's interrupt cannot stop.
 pub const SQLITE_MAX_VALUE_BYTES: i32 = 1024 * 1024;
 
-async fn run_sqlite(path: PathBuf, request: QueryRequest, limits: QueryLimits) -> Result<Rows, QueryError> {
+/// Counts the bytes of a result as its rows arrive, and refuses it past the cap.
+struct ResultBytes {
+    total: usize,
+    cap: usize,
+}
+
+impl ResultBytes {
+    fn new(cap: usize) -> Self {
+        Self { total: 0, cap }
+    }
+
+    fn add(&mut self, bytes: usize) -> Result<(), QueryError> {
+        self.total = self.total.saturating_add(bytes);
+        if self.total > self.cap {
+            return Err(QueryError::TooLarge(format!(
+                "the result is larger than {} bytes; select fewer rows or smaller values",
+                self.cap
+            )));
+        }
+        Ok(())
+    }
+}
+
+async fn run_sqlite(
+    path: PathBuf,
+    request: QueryRequest,
+    limits: QueryLimits,
+    max_bytes: usize,
+) -> Result<Rows, QueryError> {
     use rusqlite::{Connection, OpenFlags, limits::Limit};
 
     let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
@@ -482,7 +594,7 @@ async fn run_sqlite(path: PathBuf, request: QueryRequest, limits: QueryLimits) -
         .and_then(|_| conn.busy_timeout(limits.timeout));
     setup.map_err(|err| QueryError::Internal(format!("cannot prepare the read-only connection: {err}")))?;
     let interrupt = conn.get_interrupt_handle();
-    let worker = tokio::task::spawn_blocking(move || sqlite_query(&conn, &request, limits));
+    let worker = tokio::task::spawn_blocking(move || sqlite_query(&conn, &request, limits, max_bytes));
     let timer = tokio::spawn(async move {
         tokio::time::sleep(limits.timeout).await;
         interrupt.interrupt();
@@ -492,7 +604,12 @@ async fn run_sqlite(path: PathBuf, request: QueryRequest, limits: QueryLimits) -
     result.map_err(|err| QueryError::Internal(format!("the query worker failed: {err}")))?
 }
 
-fn sqlite_query(conn: &rusqlite::Connection, request: &QueryRequest, limits: QueryLimits) -> Result<Rows, QueryError> {
+fn sqlite_query(
+    conn: &rusqlite::Connection,
+    request: &QueryRequest,
+    limits: QueryLimits,
+    max_bytes: usize,
+) -> Result<Rows, QueryError> {
     let mut statement = conn.prepare(&request.query).map_err(|err| sqlite_error(&err, limits))?;
     if !statement.readonly() {
         return Err(QueryError::Forbidden(
@@ -525,6 +642,7 @@ fn sqlite_query(conn: &rusqlite::Connection, request: &QueryRequest, limits: Que
     let max = usize::try_from(limits.max_rows).unwrap_or(usize::MAX);
     let mut rows = Vec::new();
     let mut truncated = false;
+    let mut bytes = ResultBytes::new(max_bytes);
     let mut cursor = statement.raw_query();
     while let Some(row) = cursor.next().map_err(|err| sqlite_error(&err, limits))? {
         if rows.len() == max {
@@ -533,6 +651,11 @@ fn sqlite_query(conn: &rusqlite::Connection, request: &QueryRequest, limits: Que
         }
         let mut object = Map::new();
         for (index, name) in columns.iter().enumerate() {
+            let value_bytes = match row.get_ref(index) {
+                Ok(rusqlite::types::ValueRef::Text(b) | rusqlite::types::ValueRef::Blob(b)) => b.len(),
+                _ => 8,
+            };
+            bytes.add(value_bytes)?;
             let value = match row.get_ref(index) {
                 Ok(rusqlite::types::ValueRef::Null) | Err(_) => Value::Null,
                 Ok(rusqlite::types::ValueRef::Integer(i)) => Value::from(i),

@@ -11,6 +11,8 @@ pub(crate) mod retry {
     wasmtime::component::bindgen!({
         world: "retry-policy",
         path: "../wit",
+        // Imports may trap: an over-long log line is a fault, not a line.
+        imports: { default: trappable },
     });
 }
 
@@ -18,6 +20,8 @@ pub(crate) mod health {
     wasmtime::component::bindgen!({
         world: "health-check",
         path: "../wit",
+        // Imports may trap: a spent query budget or a slow query is a fault.
+        imports: { default: trappable },
     });
 }
 

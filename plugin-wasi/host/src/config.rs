@@ -7,7 +7,9 @@ use dbguard_core::retry::RetryPolicy;
 /// Limits and fault handling for every plugin a [`crate::PluginHost`] runs.
 ///
 /// The defaults suit retry policies and health checks: 16 MiB of memory per instance, 50 ms per
-/// `decide` call, 5 s per health check, quarantine after 3 consecutive faults.
+/// `decide` call, 5 s per health check, quarantine after 3 consecutive faults. What a plugin
+/// sends across the boundary is limited too (see [`SandboxLimits`]); every limit can be set
+/// from `DBGUARD_PLUGIN_*` variables with [`HostConfig::with_env_vars`].
 #[derive(Debug, Clone)]
 pub struct HostConfig {
     pub(crate) memory_limit: usize,
@@ -24,6 +26,55 @@ pub struct HostConfig {
     pub(crate) max_idle_instances: usize,
     pub(crate) fallback_policy: RetryPolicy,
     pub(crate) rng_seed: u64,
+    pub(crate) limits: SandboxLimits,
+    pub(crate) guest_threads: usize,
+}
+
+/// What one plugin may send across the boundary, and how much of the host it may use per call.
+///
+/// Whatever exceeds a byte or count limit is refused with a fault
+/// ([`crate::PluginError::LimitExceeded`]), never truncated silently; log lines over the rate
+/// are dropped and counted instead, so a chatty plugin keeps working.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SandboxLimits {
+    /// Longest check name, in bytes (default 128).
+    pub max_name_bytes: usize,
+    /// Longest check message or give-up reason, in bytes (default 4 KiB).
+    pub max_message_bytes: usize,
+    /// Longest observed-value unit, in bytes (default 32).
+    pub max_unit_bytes: usize,
+    /// Longest log line, in bytes (default 1 KiB).
+    pub max_log_line_bytes: usize,
+    /// Log lines per second each plugin may write, sustained (default 10).
+    pub log_lines_per_second: u32,
+    /// Log lines a plugin may write in a burst above the rate (default 50).
+    pub log_burst: u32,
+    /// `log` calls one guest call may make, written or dropped (default 1000); one more is a
+    /// fault. Dropping is cheap, but every call still copies its line into the host.
+    pub max_log_calls_per_call: u32,
+    /// Queries one health check may run (default 16).
+    pub max_queries_per_check: u32,
+    /// Bytes of query results one health check may receive, all queries together (default 1 MiB).
+    pub max_query_bytes_per_check: usize,
+    /// The shortest delay a retry policy's `retry-after` is held to (default 10 ms).
+    pub min_retry_delay: Duration,
+}
+
+impl Default for SandboxLimits {
+    fn default() -> Self {
+        Self {
+            max_name_bytes: 128,
+            max_message_bytes: 4 << 10,
+            max_unit_bytes: 32,
+            max_log_line_bytes: 1 << 10,
+            log_lines_per_second: 10,
+            log_burst: 50,
+            max_log_calls_per_call: 1000,
+            max_queries_per_check: 16,
+            max_query_bytes_per_check: 1 << 20,
+            min_retry_delay: Duration::from_millis(10),
+        }
+    }
 }
 
 impl Default for HostConfig {
@@ -43,6 +94,8 @@ impl Default for HostConfig {
             max_idle_instances: std::thread::available_parallelism().map_or(4, |n| n.get().max(2)),
             fallback_policy: RetryPolicy::default(),
             rng_seed: 0x5EED_D1CE_0000_0001,
+            limits: SandboxLimits::default(),
+            guest_threads: std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)),
         }
     }
 }
@@ -119,6 +172,30 @@ impl HostConfig {
     pub fn rng_seed(mut self, seed: u64) -> Self {
         self.rng_seed = seed;
         self
+    }
+
+    /// The boundary limits (defaults: [`SandboxLimits::default`]).
+    pub fn limits(mut self, limits: SandboxLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Threads that run retry-policy calls (default: the number of CPUs, 2 to 8). Every guest
+    /// call runs on a thread the host owns, outside any async runtime, so a caller can stop
+    /// waiting for a guest without losing one of its own threads.
+    pub fn guest_threads(mut self, count: usize) -> Self {
+        self.guest_threads = count.clamp(1, 64);
+        self
+    }
+
+    /// The boundary limits in force.
+    pub fn get_limits(&self) -> &SandboxLimits {
+        &self.limits
+    }
+
+    /// The health-check timeout.
+    pub fn get_check_timeout(&self) -> Duration {
+        self.check_timeout
     }
 
     /// The call timeout.

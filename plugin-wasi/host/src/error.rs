@@ -55,6 +55,20 @@ pub enum PluginError {
     /// The plugin is quarantined after repeated faults; reload it to try again.
     #[error("the plugin is quarantined after {0} consecutive faults")]
     Quarantined(u32),
+    /// The plugin called a WASI function that waits (sleep, poll, block). Epoch interruption
+    /// cannot stop a host call, so the sandbox refuses every wait instead of honouring it.
+    #[error("the plugin tried to wait in `{0}`; plugins may not sleep, poll or block")]
+    Blocking(String),
+    /// The plugin sent more than a limit allows across the boundary (bytes of a string or a
+    /// list, queries per check, bytes of query results).
+    #[error("the plugin exceeded a sandbox limit: {0}")]
+    LimitExceeded(String),
+    /// A query of a health-check plugin ran past its timeout or the check's time budget.
+    #[error("a query of the plugin ran past its time: {0}")]
+    SlowQuery(String),
+    /// A sandbox setting (a `DBGUARD_PLUGIN_*` variable) has a value the host does not accept.
+    #[error("invalid plugin sandbox setting: {0}")]
+    InvalidConfig(String),
 }
 
 impl PluginError {
@@ -63,7 +77,14 @@ impl PluginError {
     pub fn is_runtime_fault(&self) -> bool {
         matches!(
             self,
-            Self::Trap(_) | Self::Timeout(_) | Self::OutOfFuel | Self::MemoryLimit { .. } | Self::InvalidDecision(_)
+            Self::Trap(_)
+                | Self::Timeout(_)
+                | Self::OutOfFuel
+                | Self::MemoryLimit { .. }
+                | Self::InvalidDecision(_)
+                | Self::Blocking(_)
+                | Self::LimitExceeded(_)
+                | Self::SlowQuery(_)
         )
     }
 }

@@ -13,10 +13,17 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use crate::bindings::{health, retry};
 use crate::health::HealthCheckPlugin;
+use crate::log::LogBudget;
 use crate::query::QueryFn;
 use crate::retry::{ActiveRetryPolicy, LoadedRetryPolicy};
+use crate::sandbox::{self, Violation};
 use crate::store::StoreData;
+use crate::threads::GuestThreads;
 use crate::{HostConfig, PluginError};
+
+/// How much longer than a guest's own deadline a caller waits for its answer: the deadline is
+/// enforced inside the call; this only covers scheduling on a loaded machine.
+pub(crate) const ANSWER_MARGIN: Duration = Duration::from_millis(250);
 
 /// How often the ticker advances the engine's epoch; deadlines are whole ticks.
 pub(crate) const TICK: Duration = Duration::from_millis(1);
@@ -111,13 +118,21 @@ pub(crate) struct Shared {
     pub(crate) config: HostConfig,
     pub(crate) clock: std::time::Instant,
     seeds: AtomicU64,
+    /// Where retry-policy calls run.
+    pub(crate) retry_threads: GuestThreads,
+    /// Where health checks run (apart, so slow checks never delay a retry decision).
+    pub(crate) check_threads: GuestThreads,
 }
 
 impl Shared {
     /// A fresh store for `plugin` with its limits and start-up deadline in place.
-    pub(crate) fn new_store(&self, plugin: &Arc<str>) -> Result<Store<StoreData>, PluginError> {
+    pub(crate) fn new_store(
+        &self,
+        plugin: &Arc<str>,
+        log_budget: &Arc<LogBudget>,
+    ) -> Result<Store<StoreData>, PluginError> {
         let seed = self.config.rng_seed ^ self.seeds.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
-        let state = StoreData::new(&self.config, plugin.clone(), seed, self.clock);
+        let state = StoreData::new(&self.config, plugin.clone(), log_budget.clone(), seed, self.clock);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         // Guest start-up code runs during instantiation: the deadline must already be set.
@@ -130,6 +145,7 @@ impl Shared {
     pub(crate) fn arm(&self, store: &mut Store<StoreData>, timeout: Duration) -> Result<(), PluginError> {
         store.set_epoch_deadline(ticks(timeout));
         store.data_mut().limiter.exceeded = false;
+        store.data_mut().log_calls = 0;
         self.refuel(store)
     }
 
@@ -141,16 +157,39 @@ impl Shared {
     }
 
     /// Turns a wasmtime error from a call into the fault it represents.
-    pub(crate) fn fault(&self, error: &wasmtime::Error, store: &Store<StoreData>, timeout: Duration) -> PluginError {
+    pub(crate) fn fault(&self, error: wasmtime::Error, store: &Store<StoreData>, timeout: Duration) -> PluginError {
+        let error = match error.downcast::<Violation>() {
+            Ok(violation) => return violation.into_plugin_error(),
+            Err(error) => error,
+        };
         if store.data().limiter.exceeded {
             return PluginError::MemoryLimit { limit: self.config.memory_limit };
         }
         match error.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => PluginError::Timeout(timeout),
             Some(Trap::OutOfFuel) => PluginError::OutOfFuel,
-            _ => PluginError::Trap(format!("{error:#}")),
+            // A trap's text carries the guest's own function names: bounded and escaped like
+            // anything else the guest controls, since it reaches logs and the health report.
+            _ => PluginError::Trap(bounded_text(&format!("{error:#}"), MAX_TRAP_TEXT_BYTES)),
         }
     }
+}
+
+/// The most bytes of a trap's description kept in a [`PluginError::Trap`].
+const MAX_TRAP_TEXT_BYTES: usize = 1024;
+
+/// `text` with control characters escaped, cut at a character boundary to at most `max`
+/// bytes, with a marker saying so when cut.
+fn bounded_text(text: &str, max: usize) -> String {
+    let escaped = crate::log::escape_controls(text);
+    if escaped.len() <= max {
+        return escaped.into_owned();
+    }
+    let mut end = max;
+    while !escaped.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &escaped[..end], escaped.len())
 }
 
 /// Whole ticks covering `timeout`, plus one because the current tick is already under way.
@@ -166,8 +205,8 @@ impl PluginHost {
         let mut retry_linker = Linker::new(&engine);
         let mut health_linker = Linker::new(&engine);
         let linker_error = |e: wasmtime::Error| PluginError::Instantiation(format!("linker: {e:#}"));
-        wasmtime_wasi::p2::add_to_linker_sync(&mut retry_linker).map_err(linker_error)?;
-        wasmtime_wasi::p2::add_to_linker_sync(&mut health_linker).map_err(linker_error)?;
+        sandbox::add_wasi(&mut retry_linker)?;
+        sandbox::add_wasi(&mut health_linker)?;
         retry::RetryPolicy::add_to_linker::<_, HasSelf<_>>(&mut retry_linker, |state| state).map_err(linker_error)?;
         health::HealthCheck::add_to_linker::<_, HasSelf<_>>(&mut health_linker, |state| state).map_err(linker_error)?;
 
@@ -195,6 +234,10 @@ impl PluginHost {
             config: config.clone(),
             clock: std::time::Instant::now(),
             seeds: AtomicU64::new(0),
+            retry_threads: GuestThreads::start("dbguard-plugin-retry", config.guest_threads)?,
+            // Probes run their checks concurrently; a few threads keep one slow check from
+            // delaying the others.
+            check_threads: GuestThreads::start("dbguard-plugin-check", 4)?,
         });
         let active_retry = ActiveRetryPolicy::new(&config);
         Ok(Self {
@@ -258,9 +301,9 @@ impl PluginHost {
         let pre = retry::RetryPolicyPre::new(pre)
             .map_err(|e| PluginError::WrongWorld { expected: "retry-policy", detail: format!("{e:#}") })?;
         let handle = handle(name, PluginWorld::RetryPolicy, &hash);
-        let plugin = LoadedRetryPolicy::new(self.inner.shared.clone(), pre, handle);
+        let plugin = Arc::new(LoadedRetryPolicy::new(self.inner.shared.clone(), pre, handle));
         plugin.verify()?;
-        Ok(Arc::new(plugin))
+        Ok(plugin)
     }
 
     /// Verifies a health-check component by running its `check` once against `query`, within
@@ -353,4 +396,17 @@ fn build_engine(config: &HostConfig) -> wasmtime::Result<Engine> {
         .concurrency_support(false)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
     Engine::new(&wasm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trap_text_is_escaped_and_bounded() {
+        assert_eq!(bounded_text("short\nline", 64), "short\\nline");
+        let long = "é".repeat(1000);
+        let cut = bounded_text(&long, 101);
+        assert!(cut.starts_with(&"é".repeat(50)) && cut.ends_with("(2000 bytes in all)"), "{cut}");
+    }
 }

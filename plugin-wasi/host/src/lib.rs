@@ -2,10 +2,14 @@
 //! components against `plugin-wasi/wit/dbguard-plugin.wit` — in a sandbox.
 //!
 //! A plugin gets nothing but its world's imports: `random` and `log` for a retry policy,
-//! `query`, `now` and `log` for a health check. WASI is linked with an empty context (Rust
-//! guests import it through std) so it grants no files, sockets, environment or arguments.
-//! Every instance has a memory limit (16 MiB by default), a deadline per call enforced by epoch
-//! interruption, and optionally fuel.
+//! `query`, `now` and `log` for a health check. WASI is linked (Rust guests import it through
+//! std) with nothing behind it: no files, sockets, environment or arguments, stopped clocks,
+//! seeded randomness, and every function that waits (sleep, poll) traps instead. Every
+//! instance has a memory limit (16 MiB by default), a deadline per call enforced by epoch
+//! interruption, and optionally fuel; every guest call runs on a thread the host owns, and the
+//! caller waits for it at most its deadline plus a margin. What crosses the boundary is
+//! limited in bytes, log lines are rate-limited and escaped, and health checks have a budget
+//! of queries, bytes and time ([`SandboxLimits`], settable from `DBGUARD_PLUGIN_*`).
 //!
 //! Loading is a gate: [`PluginHost::load_retry_policy`] compiles the component off the call
 //! path, links it, runs golden vectors, and only then swaps it in atomically; a plugin that
@@ -31,16 +35,22 @@
 
 mod bindings;
 mod config;
+mod env;
 mod error;
+mod faults;
 mod health;
 mod host;
+mod log;
 mod query;
 mod retry;
+mod sandbox;
 mod store;
+mod threads;
 
-pub use config::HostConfig;
+pub use config::{HostConfig, SandboxLimits};
+pub use env::ENV_PREFIX;
 pub use error::PluginError;
-pub use health::HealthCheckPlugin;
+pub use health::{HealthCheckPlugin, RESERVED_CHECK_PREFIX};
 pub use host::{PluginHandle, PluginHost, PluginWorld};
-pub use query::{QueryFn, Rows, SqlValue};
+pub use query::{QueryFailure, QueryFn, Rows, SqlValue};
 pub use retry::{ActiveRetryPolicy, PluginState, PluginStats};

@@ -2,16 +2,18 @@
 //! fallback and quarantine.
 
 use core::time::Duration;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use dbguard_core::ErrorClass;
-use dbguard_core::retry::{AttemptInfo, PolicyVerdict, RetryPolicy, builtin_verdict};
+use dbguard_core::retry::{AttemptInfo, GiveUpReason, PolicyVerdict, RetryPolicy, builtin_verdict};
 use dbguard_core::rng::SeededRng;
 use wasmtime::Store;
 
 use crate::bindings::{self, retry};
-use crate::host::{PluginHandle, Shared};
+use crate::faults::Faults;
+use crate::host::{ANSWER_MARGIN, PluginHandle, Shared};
+use crate::log::LogBudget;
 use crate::store::StoreData;
 use crate::{HostConfig, PluginError};
 
@@ -47,6 +49,10 @@ pub struct PluginStats {
     pub consecutive_faults: u32,
     /// Whether it is still answering.
     pub state: PluginState,
+    /// The last fault, in words (why it is quarantined, when it is).
+    pub last_fault: Option<String>,
+    /// Log lines dropped over the plugin's rate limit.
+    pub log_lines_dropped: u64,
 }
 
 struct WarmInstance {
@@ -61,26 +67,16 @@ pub(crate) struct LoadedRetryPolicy {
     handle: PluginHandle,
     name: Arc<str>,
     idle: Mutex<Vec<WarmInstance>>,
-    calls: AtomicU64,
-    faults: AtomicU64,
-    consecutive: AtomicU32,
-    quarantined: AtomicBool,
+    pub(crate) faults: Faults,
+    log_budget: Arc<LogBudget>,
 }
 
 impl LoadedRetryPolicy {
     pub(crate) fn new(shared: Arc<Shared>, pre: retry::RetryPolicyPre<StoreData>, handle: PluginHandle) -> Self {
         let name: Arc<str> = Arc::from(handle.name.as_str());
-        Self {
-            shared,
-            pre,
-            handle,
-            name,
-            idle: Mutex::new(Vec::new()),
-            calls: AtomicU64::new(0),
-            faults: AtomicU64::new(0),
-            consecutive: AtomicU32::new(0),
-            quarantined: AtomicBool::new(false),
-        }
+        let faults = Faults::new(shared.config.quarantine_after);
+        let log_budget = Arc::new(LogBudget::new(&shared.config.limits));
+        Self { shared, pre, handle, name, idle: Mutex::new(Vec::new()), faults, log_budget }
     }
 
     pub(crate) fn handle(&self) -> &PluginHandle {
@@ -88,10 +84,10 @@ impl LoadedRetryPolicy {
     }
 
     fn instantiate(&self) -> Result<WarmInstance, PluginError> {
-        let mut store = self.shared.new_store(&self.name)?;
+        let mut store = self.shared.new_store(&self.name, &self.log_budget)?;
         match self.pre.instantiate(&mut store) {
             Ok(bindings) => Ok(WarmInstance { store, bindings }),
-            Err(error) => Err(match self.shared.fault(&error, &store, self.shared.config.instantiate_timeout) {
+            Err(error) => Err(match self.shared.fault(error, &store, self.shared.config.instantiate_timeout) {
                 PluginError::Trap(message) => PluginError::Instantiation(message),
                 fault => fault,
             }),
@@ -99,9 +95,27 @@ impl LoadedRetryPolicy {
     }
 
     /// A fresh instance and one call, not touching the warm pool (benchmarks, diagnostics).
-    pub(crate) fn call_fresh(&self, info: &AttemptInfo) -> Result<PolicyVerdict, PluginError> {
-        let mut instance = self.instantiate()?;
-        self.call_on(&mut instance, info)
+    pub(crate) fn call_fresh(self: &Arc<Self>, info: &AttemptInfo) -> Result<PolicyVerdict, PluginError> {
+        self.on_guest_thread(info, |plugin, info| {
+            let mut instance = plugin.instantiate()?;
+            plugin.call_on(&mut instance, info)
+        })
+    }
+
+    /// Runs `call` on a guest thread and waits for it within its deadlines plus a margin; no
+    /// answer in time is a timeout, whatever the guest is doing.
+    fn on_guest_thread(
+        self: &Arc<Self>,
+        info: &AttemptInfo,
+        call: fn(&Self, &AttemptInfo) -> Result<PolicyVerdict, PluginError>,
+    ) -> Result<PolicyVerdict, PluginError> {
+        let config = &self.shared.config;
+        let wait = config.instantiate_timeout + config.call_timeout + ANSWER_MARGIN;
+        let (plugin, info) = (self.clone(), info.clone());
+        self.shared
+            .retry_threads
+            .run(wait, move || call(&plugin, &info))
+            .unwrap_or(Err(PluginError::Timeout(config.call_timeout)))
     }
 
     fn call_on(&self, instance: &mut WarmInstance, info: &AttemptInfo) -> Result<PolicyVerdict, PluginError> {
@@ -110,12 +124,17 @@ impl LoadedRetryPolicy {
         let wit = bindings::attempt_to_wit(info);
         match instance.bindings.call_decide(&mut instance.store, &wit) {
             Ok(decision) => Ok(bindings::verdict_from_wit(decision)),
-            Err(error) => Err(self.shared.fault(&error, &instance.store, timeout)),
+            Err(error) => Err(self.shared.fault(error, &instance.store, timeout)),
         }
     }
 
-    /// One call on a warm instance. A faulted instance is dropped, never reused.
-    pub(crate) fn call(&self, info: &AttemptInfo) -> Result<PolicyVerdict, PluginError> {
+    /// One call on a warm instance, on a guest thread. A faulted instance is dropped, never
+    /// reused.
+    pub(crate) fn call(self: &Arc<Self>, info: &AttemptInfo) -> Result<PolicyVerdict, PluginError> {
+        self.on_guest_thread(info, Self::call_here)
+    }
+
+    fn call_here(&self, info: &AttemptInfo) -> Result<PolicyVerdict, PluginError> {
         let warm = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let mut instance = match warm {
             Some(instance) => instance,
@@ -133,7 +152,7 @@ impl LoadedRetryPolicy {
 
     /// The verification gate: every class at attempts 1, 2 and 5, idempotent or not. A vector
     /// that times out is run once more before the plugin is refused.
-    pub(crate) fn verify(&self) -> Result<(), PluginError> {
+    pub(crate) fn verify(self: &Arc<Self>) -> Result<(), PluginError> {
         for class in ErrorClass::ALL {
             for attempt in [1u32, 2, 5] {
                 for idempotent in [true, false] {
@@ -165,29 +184,35 @@ impl LoadedRetryPolicy {
     }
 
     fn stats(&self) -> PluginStats {
-        PluginStats {
-            handle: self.handle.clone(),
-            calls: self.calls.load(Ordering::Relaxed),
-            faults: self.faults.load(Ordering::Relaxed),
-            consecutive_faults: self.consecutive.load(Ordering::Relaxed),
-            state: if self.quarantined.load(Ordering::Relaxed) {
-                PluginState::Quarantined
-            } else {
-                PluginState::Active
-            },
-        }
+        self.faults.stats(&self.handle, self.log_budget.dropped())
     }
 }
 
 fn validate(verdict: &PolicyVerdict, config: &HostConfig) -> Result<(), PluginError> {
+    let max_reason = config.limits.max_message_bytes;
     match verdict {
         PolicyVerdict::RetryAfter(delay) if *delay > config.max_retry_delay => Err(PluginError::InvalidDecision(
             format!("retry-after {delay:?} is above the limit of {:?}", config.max_retry_delay),
         )),
-        PolicyVerdict::GiveUp(reason) if reason.len() > 1024 => {
-            Err(PluginError::InvalidDecision(format!("give-up reason of {} bytes (at most 1024)", reason.len())))
-        }
+        PolicyVerdict::GiveUp(reason) if reason.len() > max_reason => Err(PluginError::LimitExceeded(format!(
+            "a give-up reason of {} bytes (at most {max_reason})",
+            reason.len()
+        ))),
         _ => Ok(()),
+    }
+}
+
+/// Holds a valid verdict to what the host allows whatever the policy says: a class the
+/// classification knows to be permanent is never retried (only `unknown`, where codes the
+/// classification cannot place land, is the policy's call), and no retry comes sooner than
+/// the minimum spacing.
+fn hold_to_class(verdict: PolicyVerdict, info: &AttemptInfo, min_delay: Duration) -> PolicyVerdict {
+    match verdict {
+        PolicyVerdict::RetryAfter(_) if !info.class.is_retryable() && info.class != ErrorClass::Unknown => {
+            PolicyVerdict::GiveUp(GiveUpReason::NotRetryable(info.class).to_string())
+        }
+        PolicyVerdict::RetryAfter(delay) => PolicyVerdict::RetryAfter(delay.max(min_delay)),
+        give_up => give_up,
     }
 }
 
@@ -225,7 +250,7 @@ struct SlotInner {
     fallback_policy: RetryPolicy,
     fallback_rng: Mutex<SeededRng>,
     fallback_answers: AtomicU64,
-    quarantine_after: u32,
+    min_retry_delay: Duration,
 }
 
 impl ActiveRetryPolicy {
@@ -236,7 +261,7 @@ impl ActiveRetryPolicy {
                 fallback_policy: config.fallback_policy,
                 fallback_rng: Mutex::new(SeededRng::new(config.rng_seed)),
                 fallback_answers: AtomicU64::new(0),
-                quarantine_after: config.quarantine_after,
+                min_retry_delay: config.limits.min_retry_delay,
             }),
         }
     }
@@ -282,22 +307,14 @@ impl ActiveRetryPolicy {
         let Some(plugin) = self.current() else {
             return Ok(None);
         };
-        if plugin.quarantined.load(Ordering::Relaxed) {
-            return Err(PluginError::Quarantined(plugin.consecutive.load(Ordering::Relaxed)));
-        }
-        plugin.calls.fetch_add(1, Ordering::Relaxed);
+        plugin.faults.begin()?;
         match plugin.call(info) {
             Ok(verdict) => {
-                plugin.consecutive.store(0, Ordering::Relaxed);
-                Ok(Some(verdict))
+                plugin.faults.on_success();
+                Ok(Some(hold_to_class(verdict, info, self.inner.min_retry_delay)))
             }
             Err(error) => {
-                plugin.faults.fetch_add(1, Ordering::Relaxed);
-                let consecutive = plugin.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
-                let quarantine = consecutive >= self.inner.quarantine_after;
-                if quarantine {
-                    plugin.quarantined.store(true, Ordering::Relaxed);
-                }
+                let (consecutive, quarantine) = plugin.faults.on_fault(&error);
                 tracing::warn!(
                     plugin = %plugin.name,
                     class = %info.class,

@@ -1,14 +1,19 @@
-//! What each plugin store holds: an empty WASI context, the resource limiter, the RNG handed to
-//! the plugin and, for health checks, the caller's query function.
+//! What each plugin store holds: a WASI context with nothing behind it, the resource limiter,
+//! the RNG handed to the plugin, its log budget and, for health checks, the caller's query
+//! function with the check's budget of queries, bytes and time.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use dbguard_core::rng::{RandomSource, SeededRng};
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
+use crate::SandboxLimits;
 use crate::bindings::{self, health, retry};
-use crate::query::QueryFn;
+use crate::log::{Admit, LogBudget, escape_controls};
+use crate::query::{QueryFailure, QueryFn};
+use crate::sandbox::{Violation, wasi_ctx};
 
 /// Enforces the per-store limits; memory is capped in total across all of the instance's
 /// memories, not only per memory, and a refusal is remembered so a trap can be reported as a
@@ -63,6 +68,14 @@ impl ResourceLimiter for Limiter {
     }
 }
 
+/// What one health check may still use: queries, result bytes and time.
+pub(crate) struct CheckBudget {
+    pub(crate) query: Arc<dyn QueryFn>,
+    pub(crate) deadline: Instant,
+    pub(crate) queries_left: u32,
+    pub(crate) bytes_left: usize,
+}
+
 /// The data of one plugin store.
 pub(crate) struct StoreData {
     wasi: WasiCtx,
@@ -70,29 +83,61 @@ pub(crate) struct StoreData {
     pub(crate) limiter: Limiter,
     rng: SeededRng,
     pub(crate) plugin: Arc<str>,
-    pub(crate) query: Option<Arc<dyn QueryFn>>,
+    pub(crate) check: Option<CheckBudget>,
+    log_budget: Arc<LogBudget>,
+    /// `log` calls in the current guest call (reset when the store is armed for a call).
+    pub(crate) log_calls: u32,
+    limits: SandboxLimits,
     clock: std::time::Instant,
 }
 
 impl StoreData {
-    pub(crate) fn new(config: &crate::HostConfig, plugin: Arc<str>, seed: u64, clock: std::time::Instant) -> Self {
+    pub(crate) fn new(
+        config: &crate::HostConfig,
+        plugin: Arc<str>,
+        log_budget: Arc<LogBudget>,
+        seed: u64,
+        clock: std::time::Instant,
+    ) -> Self {
         Self {
-            // Grants nothing: no preopened directories, no environment, no arguments, no
-            // stdio, no sockets. Rust guests import WASI through std even when they use none.
-            wasi: WasiCtx::builder().build(),
+            wasi: wasi_ctx(seed),
             table: ResourceTable::new(),
             limiter: Limiter::new(config),
             rng: SeededRng::new(seed),
             plugin,
-            query: None,
+            check: None,
+            log_budget,
+            log_calls: 0,
+            limits: config.limits,
             clock,
         }
     }
 
-    fn log(&self, level: tracing::Level, message: &str) {
-        // Plugins do not get to flood the log.
-        let message = truncate(message, 1024);
+    /// Writes one plugin line: over-long lines and too many calls trap, lines over the rate are dropped and
+    /// counted, control characters are escaped, and the plugin is named in every line.
+    fn log(&mut self, level: tracing::Level, message: &str) -> wasmtime::Result<()> {
+        self.log_calls = self.log_calls.saturating_add(1);
+        if self.log_calls > self.limits.max_log_calls_per_call {
+            return Err(Violation::Limit(format!(
+                "more than {} log calls in one call",
+                self.limits.max_log_calls_per_call
+            ))
+            .trap());
+        }
+        let max = self.limits.max_log_line_bytes;
+        if message.len() > max {
+            return Err(Violation::Limit(format!("a log line of {} bytes (at most {max})", message.len())).trap());
+        }
+        let dropped_before = match self.log_budget.admit() {
+            Admit::Drop => return Ok(()),
+            Admit::Write => None,
+            Admit::WriteAfterDrops(dropped) => Some(dropped),
+        };
+        let message = escape_controls(message);
         let plugin = &*self.plugin;
+        if let Some(dropped) = dropped_before {
+            tracing::warn!(target: "dbguard::plugin", plugin, dropped, "plugin log lines dropped over the rate limit so far");
+        }
         match level {
             tracing::Level::ERROR => tracing::error!(target: "dbguard::plugin", plugin, "{message}"),
             tracing::Level::WARN => tracing::warn!(target: "dbguard::plugin", plugin, "{message}"),
@@ -100,18 +145,58 @@ impl StoreData {
             tracing::Level::DEBUG => tracing::debug!(target: "dbguard::plugin", plugin, "{message}"),
             _ => tracing::trace!(target: "dbguard::plugin", plugin, "{message}"),
         }
+        Ok(())
     }
-}
 
-pub(crate) fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
+    /// Runs one query within the check's budget. Errors the plugin may handle (bad SQL, a
+    /// refusal) come back as `Err(message)`; a spent budget, an oversized result or a query
+    /// that ran past its time traps the guest, so it counts as a fault.
+    fn query(
+        &mut self,
+        sql: &str,
+        params: &[String],
+        timeout_ms: u32,
+    ) -> wasmtime::Result<Result<health::dbguard::plugin::types::Rows, String>> {
+        let limits = self.limits;
+        let Some(budget) = self.check.as_mut() else {
+            return Ok(Err("no query function is available".to_owned()));
+        };
+        if budget.queries_left == 0 {
+            return Err(
+                Violation::Limit(format!("more than {} queries in one check", limits.max_queries_per_check)).trap()
+            );
+        }
+        budget.queries_left -= 1;
+        let left = budget.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Violation::SlowQuery("the check's time ran out before the query".to_owned()).trap());
+        }
+        let asked = core::time::Duration::from_millis(u64::from(timeout_ms.max(1)));
+        let timeout = asked.min(left);
+        let rows = match budget.query.query(sql, params, timeout) {
+            Ok(rows) => rows,
+            Err(QueryFailure::TimedOut(message)) => {
+                return Err(Violation::SlowQuery(format!(
+                    "cut at {} ms: {}",
+                    timeout.as_millis(),
+                    escape_controls(&message)
+                ))
+                .trap());
+            }
+            Err(QueryFailure::TooLarge(message)) => return Err(Violation::Limit(message).trap()),
+            Err(QueryFailure::Failed(message)) => return Ok(Err(message)),
+        };
+        let size = rows.byte_size();
+        if size > budget.bytes_left {
+            return Err(Violation::Limit(format!(
+                "query results of more than {} bytes in one check",
+                limits.max_query_bytes_per_check
+            ))
+            .trap());
+        }
+        budget.bytes_left -= size;
+        Ok(Ok(bindings::rows_to_wit(rows)))
     }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 impl WasiView for StoreData {
@@ -123,12 +208,12 @@ impl WasiView for StoreData {
 impl retry::dbguard::plugin::types::Host for StoreData {}
 
 impl retry::RetryPolicyImports for StoreData {
-    fn random(&mut self) -> u64 {
-        self.rng.next_u64()
+    fn random(&mut self) -> wasmtime::Result<u64> {
+        Ok(self.rng.next_u64())
     }
 
-    fn log(&mut self, level: retry::dbguard::plugin::types::LogLevel, message: String) {
-        StoreData::log(self, bindings::retry_level(level), &message);
+    fn log(&mut self, level: retry::dbguard::plugin::types::LogLevel, message: String) -> wasmtime::Result<()> {
+        StoreData::log(self, bindings::retry_level(level), &message)
     }
 }
 
@@ -140,19 +225,15 @@ impl health::HealthCheckImports for StoreData {
         sql: String,
         params: Vec<String>,
         timeout_ms: u32,
-    ) -> Result<health::dbguard::plugin::types::Rows, String> {
-        let Some(query) = self.query.clone() else {
-            return Err("no query function is available".to_owned());
-        };
-        let timeout = core::time::Duration::from_millis(u64::from(timeout_ms));
-        query.query(&sql, &params, timeout).map(bindings::rows_to_wit)
+    ) -> wasmtime::Result<Result<health::dbguard::plugin::types::Rows, String>> {
+        StoreData::query(self, &sql, &params, timeout_ms)
     }
 
-    fn now(&mut self) -> u64 {
-        u64::try_from(self.clock.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    fn now(&mut self) -> wasmtime::Result<u64> {
+        Ok(u64::try_from(self.clock.elapsed().as_nanos()).unwrap_or(u64::MAX))
     }
 
-    fn log(&mut self, level: health::dbguard::plugin::types::LogLevel, message: String) {
-        StoreData::log(self, bindings::health_level(level), &message);
+    fn log(&mut self, level: health::dbguard::plugin::types::LogLevel, message: String) -> wasmtime::Result<()> {
+        StoreData::log(self, bindings::health_level(level), &message)
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use dbguard_core::ErrorClass;
 use dbguard_core::health::CheckStatus;
 use dbguard_core::retry::{AttemptInfo, PolicyVerdict};
-use dbguard_plugin_host::{HostConfig, PluginError, PluginHost, QueryFn, Rows, SqlValue};
+use dbguard_plugin_host::{HostConfig, PluginError, PluginHost, QueryFailure, QueryFn, Rows, SqlValue};
 use support::guest;
 
 const BASE: Duration = Duration::from_millis(100);
@@ -81,13 +81,14 @@ struct FakeRows {
 }
 
 impl QueryFn for FakeRows {
-    fn query(&self, sql: &str, _params: &[String], timeout: Duration) -> Result<Rows, String> {
+    fn query(&self, sql: &str, _params: &[String], timeout: Duration) -> Result<Rows, QueryFailure> {
         self.asked.lock().unwrap().push((sql.to_owned(), timeout));
         self.answers
             .iter()
             .find(|(needle, _)| sql.contains(needle))
             .map(|(_, rows)| rows.clone())
             .unwrap_or_else(|| Err(format!("fake has no answer for {sql}")))
+            .map_err(QueryFailure::Failed)
     }
 }
 

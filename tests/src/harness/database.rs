@@ -207,12 +207,35 @@ impl TestDb {
         Ok(role)
     }
 
-    /// Creates a least-privilege login role: member of `pg_read_all_data` (PostgreSQL 14+),
-    /// so it can read every table but write none.
+    /// Creates a least-privilege login role, the one the README recommends for `DB_TEST_URL`:
+    /// member of `pg_monitor`, with `SELECT` on the tables of `public` (those there now and
+    /// those the admin creates later). It can read the application's tables but write none,
+    /// and, unlike `pg_read_all_data`, cannot read the catalogs that hold secrets.
     pub async fn create_read_only_role(&self, label: &str) -> Result<TestRole, TestDbError> {
+        let role = self.new_member_role(label, "pg_monitor").await?;
+        let mut conn = admin_connect(&self.url).await?;
+        for grant in [
+            "GRANT USAGE ON SCHEMA public TO",
+            "GRANT SELECT ON ALL TABLES IN SCHEMA public TO",
+            "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO",
+        ] {
+            exec(&mut conn, &format!("{grant} \"{}\"", role.name)).await?;
+        }
+        let _ = conn.close().await;
+        Ok(role)
+    }
+
+    /// Creates a login role in `pg_read_all_data`, which can read every table and also the
+    /// catalogs that hold secrets: what the test endpoint must refuse.
+    pub async fn create_read_all_data_role(&self, label: &str) -> Result<TestRole, TestDbError> {
+        self.new_member_role(label, "pg_read_all_data").await
+    }
+
+    /// A new login role in the predefined role `member_of`, allowed to connect here.
+    async fn new_member_role(&self, label: &str, member_of: &str) -> Result<TestRole, TestDbError> {
         let role = self.new_role(label).await?;
         let mut conn = admin_connect(&self.admin_url).await?;
-        exec(&mut conn, &format!("GRANT pg_read_all_data TO \"{}\"", role.name)).await?;
+        exec(&mut conn, &format!("GRANT {member_of} TO \"{}\"", role.name)).await?;
         exec(&mut conn, &format!("GRANT CONNECT ON DATABASE \"{}\" TO \"{}\"", self.name, role.name)).await?;
         let _ = conn.close().await;
         Ok(role)

@@ -98,6 +98,8 @@ impl From<QueryError> for ApiError {
             QueryError::Invalid(_) => StatusCode::BAD_REQUEST,
             QueryError::Forbidden(_) => StatusCode::FORBIDDEN,
             QueryError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            QueryError::TooLarge(_) => StatusCode::BAD_REQUEST,
+            QueryError::SecretCatalog(_) => StatusCode::FORBIDDEN,
             QueryError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             QueryError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -44,7 +44,8 @@ pub struct RefusedPlugin {
     pub file: String,
     /// A stable code: `unreadable`, `not_wasm`, `core_module`, `compile`,
     /// `unsupported_import`, `wrong_world`, `instantiation`, `trap`, `timeout`, `out_of_fuel`,
-    /// `memory_limit`, `invalid_decision` or `quarantined`.
+    /// `memory_limit`, `invalid_decision`, `blocking` (it tried to sleep or wait),
+    /// `limit_exceeded` (bytes, queries), `slow_query` or `quarantined`.
     pub error: String,
     /// What is wrong, in the plugin author's terms.
     pub message: String,

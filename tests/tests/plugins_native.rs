@@ -26,10 +26,6 @@ const HANG_LIMIT: Duration = Duration::from_secs(60);
 const SECRET: &str = "plugins-test-secret-0c4e7a9b2f61d853";
 
 /// The component built from the guest crate `name`.
-fn guest(name: &str) -> Vec<u8> {
-    dbguard_tests::guest_plugin(Path::new(env!("CARGO_TARGET_TMPDIR")), name)
-}
-
 fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -118,7 +114,7 @@ async fn retry_plugin_is_asked_swapped_and_kept_when_a_bad_file_replaces_it() {
     let temp = tempfile::tempdir().expect("temp dir");
     let plugin_dir = temp.path().join("plugins");
     std::fs::create_dir(&plugin_dir).expect("plugin dir");
-    let decorrelated = guest("decorrelated-retry");
+    let decorrelated = dbguard_tests::guest!("decorrelated-retry");
     install(&plugin_dir, "retry.wasm", &decorrelated);
 
     let manager = DbManager::connect(config(&temp.path().join("app.db"))).await.expect("manager");
@@ -140,7 +136,7 @@ async fn retry_plugin_is_asked_swapped_and_kept_when_a_bad_file_replaces_it() {
     assert_eq!(only_retry_policy(&status.plugins).content_hash, sha256_hex(&decorrelated));
 
     // Replacing the file hot-swaps the policy.
-    let fixed = guest("fixture-fixed-delay-a");
+    let fixed = dbguard_tests::guest!("fixture-fixed-delay-a");
     install(&plugin_dir, "retry.wasm", &fixed);
     let fixed_hash = sha256_hex(&fixed);
     wait_for("the watcher to swap in the new policy", || {
@@ -192,7 +188,7 @@ async fn health_check_plugin_joins_the_report_and_cannot_write() {
         })
         .await
         .expect("schema");
-    let freshness = guest("table-freshness");
+    let freshness = dbguard_tests::guest!("table-freshness");
     install(&plugin_dir, "freshness.wasm", &freshness);
     // A file of neither world is refused and skipped; the rest still loads.
     install(&plugin_dir, "garbage.wasm", &random_bytes(512));
@@ -246,7 +242,7 @@ async fn api_lists_and_reloads_plugins_with_scopes() {
     let temp = tempfile::tempdir().expect("temp dir");
     let plugin_dir = temp.path().join("plugins");
     std::fs::create_dir(&plugin_dir).expect("plugin dir");
-    let decorrelated = guest("decorrelated-retry");
+    let decorrelated = dbguard_tests::guest!("decorrelated-retry");
     install(&plugin_dir, "retry.wasm", &decorrelated);
     let config = config(&temp.path().join("app.db"));
     let auth = Authenticator::from_config(&config.service.auth, config.profile).expect("authenticator");
@@ -288,7 +284,7 @@ async fn api_lists_and_reloads_plugins_with_scopes() {
     assert_eq!(body["error"], "forbidden");
 
     // Swap the file and reload explicitly: the answer shows the new plugin at once.
-    let fixed = guest("fixture-fixed-delay-b");
+    let fixed = dbguard_tests::guest!("fixture-fixed-delay-b");
     install(&plugin_dir, "retry.wasm", &fixed);
     let (status, body) = send(client.post(&reload).bearer_auth(&admin)).await;
     assert_eq!(status, 200, "{body}");
@@ -346,7 +342,7 @@ async fn health_check_plugin_runs_on_postgresql_through_the_read_only_login() {
     ];
     let manager =
         DbManager::connect(dbguard::env::config_from_vars(vars).expect("valid configuration")).await.expect("manager");
-    install(&plugin_dir, "freshness.wasm", &guest("table-freshness"));
+    install(&plugin_dir, "freshness.wasm", &dbguard_tests::guest!("table-freshness"));
     let runtime = PluginRuntime::start(manager.clone(), &plugin_dir).await.expect("runtime");
     assert_eq!(runtime.plugins().len(), 1, "{:?}", runtime.refused());
 
@@ -375,7 +371,7 @@ async fn a_retry_policy_that_sleeps_on_real_failures_faults_instead_of_panicking
     let temp = tempfile::tempdir().expect("temp dir");
     let plugin_dir = temp.path().join("plugins");
     std::fs::create_dir(&plugin_dir).expect("plugin dir");
-    install(&plugin_dir, "sleepy.wasm", &guest("fixture-sleep-on-failure"));
+    install(&plugin_dir, "sleepy.wasm", &dbguard_tests::guest!("fixture-sleep-on-failure"));
     let manager = DbManager::connect(config(&temp.path().join("app.db"))).await.expect("manager");
     let runtime = PluginRuntime::start(manager.clone(), &plugin_dir).await.expect("runtime");
     assert_eq!(only_retry_policy(&runtime.plugins()).state, "active", "it passes the gate");

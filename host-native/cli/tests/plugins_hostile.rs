@@ -75,7 +75,7 @@ struct Cost {
 impl Serve {
     /// Starts `dbguard serve` with `fixture` as the only plugin, `DB_TEST_URL` as `test_url`.
     fn start(db: &TestDb, test_url: &str, fixture: &str, plugin_dir: &std::path::Path) -> Self {
-        std::fs::write(plugin_dir.join(format!("{fixture}.wasm")), support::guest_plugin(fixture)).expect("plugin");
+        std::fs::write(plugin_dir.join(format!("{fixture}.wasm")), dbguard_tests::guest!(fixture)).expect("plugin");
         let started = std::time::Instant::now();
         let mut child = Command::new(env!("CARGO_BIN_EXE_dbguard"))
             .arg("serve")

@@ -1102,7 +1102,7 @@ async fn bad_plugin_files_are_refused_and_the_active_plugin_stays() {
     let dir = tempfile::tempdir().expect("temp dir");
     let plugin_dir: PathBuf = dir.path().join("plugins");
     std::fs::create_dir(&plugin_dir).expect("plugin dir");
-    let good = support::guest_plugin("fixture-fixed-delay-a");
+    let good = dbguard_tests::guest!("fixture-fixed-delay-a");
     install(&plugin_dir, "retry.wasm", &good);
     let options = Options { plugin_dir: Some(plugin_dir.clone()), ..Options::default() };
     let server = sqlite_server(dir.path(), options).await;
@@ -1114,9 +1114,9 @@ async fn bad_plugin_files_are_refused_and_the_active_plugin_stays() {
     for case in &cases {
         let bytes = match &case.bytes {
             PluginBytes::Bytes(bytes) => bytes.clone(),
-            PluginBytes::Guest(name) => support::guest_plugin(name),
+            PluginBytes::Guest(name) => dbguard_tests::guest!(name),
             PluginBytes::Truncated(name) => {
-                let bytes = support::guest_plugin(name);
+                let bytes = dbguard_tests::guest!(name);
                 bytes[..bytes.len() / 2].to_vec()
             }
         };

@@ -1,7 +1,7 @@
 //! The read-only runner that health-check plugins use keeps its connections between calls,
 //! and nothing of one call reaches the next.
 
-use dbguard::readonly::{QueryRequest, ReadOnlyQuery};
+use dbguard_http::readonly::{QueryRequest, ReadOnlyQuery};
 use dbguard_tests::TestDb;
 use serde_json::Value;
 

@@ -13,7 +13,6 @@ use dbguard_core::ErrorClass;
 use dbguard_core::health::CheckStatus;
 use dbguard_core::retry::{AttemptInfo, PolicyVerdict};
 use dbguard_plugin_host::{HostConfig, PluginError, PluginHost, QueryFailure, QueryFn, Rows, SqlValue};
-use support::guest;
 
 const BASE: Duration = Duration::from_millis(100);
 const CAP: Duration = Duration::from_secs(10);
@@ -21,7 +20,8 @@ const CAP: Duration = Duration::from_secs(10);
 #[test]
 fn decorrelated_retry_follows_core_classification_and_its_schedule() {
     let host = PluginHost::new(HostConfig::default()).expect("engine");
-    host.load_retry_policy_named(Some("decorrelated"), &guest("decorrelated-retry")).expect("example loads");
+    host.load_retry_policy_named(Some("decorrelated"), &dbguard_tests::guest!("decorrelated-retry"))
+        .expect("example loads");
     let policy = host.retry_policy();
     for class in ErrorClass::ALL {
         let mut previous = Duration::ZERO;
@@ -59,7 +59,7 @@ fn decorrelated_retry_follows_core_classification_and_its_schedule() {
 #[test]
 fn decorrelated_retry_also_retries_its_extra_sqlstate() {
     let host = PluginHost::new(HostConfig::default()).expect("engine");
-    host.load_retry_policy(&guest("decorrelated-retry")).expect("example loads");
+    host.load_retry_policy(&dbguard_tests::guest!("decorrelated-retry")).expect("example loads");
     let policy = host.retry_policy();
     let info = |code: &str| AttemptInfo {
         class: ErrorClass::Unknown,
@@ -107,8 +107,9 @@ fn abi_replication_lag_passes_on_a_primary_without_replicas() {
         ("pg_is_in_recovery", row(vec![SqlValue::Text("f".into())])),
         ("pg_stat_replication", row(vec![SqlValue::Integer(0), SqlValue::Real(0.0)])),
     ]);
-    let plugin =
-        host.load_health_check(Some("lag"), &guest("replication-lag"), "postgres", query.clone()).expect("gate");
+    let plugin = host
+        .load_health_check(Some("lag"), &dbguard_tests::guest!("replication-lag"), "postgres", query.clone())
+        .expect("gate");
     let result = plugin.check("postgres", query.clone()).expect("check runs");
     assert_eq!(result.status, CheckStatus::Pass);
     assert_eq!(result.name, "postgres:replication_lag");
@@ -125,7 +126,9 @@ fn abi_replication_lag_warns_and_fails_on_a_lagging_standby() {
             ("pg_is_in_recovery", row(vec![SqlValue::Text("t".into())])),
             ("pg_last_xact_replay_timestamp", row(vec![SqlValue::Real(lag)])),
         ]);
-        let plugin = host.load_health_check(None, &guest("replication-lag"), "postgres", query.clone()).expect("gate");
+        let plugin = host
+            .load_health_check(None, &dbguard_tests::guest!("replication-lag"), "postgres", query.clone())
+            .expect("gate");
         let result = plugin.check("postgres", query).expect("check runs");
         assert_eq!(result.status, status, "lag {lag}");
         assert_eq!(result.observed_value, Some(lag));
@@ -137,7 +140,9 @@ fn abi_replication_lag_warns_and_fails_on_a_lagging_standby() {
 fn abi_replication_lag_reports_query_errors_as_a_failed_check() {
     let host = PluginHost::new(HostConfig::default()).expect("engine");
     let query = fake(vec![("pg_is_in_recovery", Err("permission denied".into()))]);
-    let plugin = host.load_health_check(None, &guest("replication-lag"), "postgres", query.clone()).expect("gate");
+    let plugin = host
+        .load_health_check(None, &dbguard_tests::guest!("replication-lag"), "postgres", query.clone())
+        .expect("gate");
     let result = plugin.check("postgres", query.clone()).expect("check runs");
     assert_eq!(result.status, CheckStatus::Fail);
     assert!(result.message.unwrap().contains("permission denied"));
@@ -156,7 +161,9 @@ fn abi_table_freshness_on_sqlite() {
     ];
     for (answer, status) in cases {
         let query = fake(vec![("FROM events", answer.clone())]);
-        let plugin = host.load_health_check(None, &guest("table-freshness"), "sqlite", query.clone()).expect("gate");
+        let plugin = host
+            .load_health_check(None, &dbguard_tests::guest!("table-freshness"), "sqlite", query.clone())
+            .expect("gate");
         let result = plugin.check("sqlite", query.clone()).expect("check runs");
         assert_eq!(result.status, status, "{answer:?}: {:?}", result.message);
         let asked = query.asked.lock().unwrap();
@@ -168,6 +175,7 @@ fn abi_table_freshness_on_sqlite() {
 fn a_retry_policy_offered_as_a_health_check_is_refused() {
     let host = PluginHost::new(HostConfig::default()).expect("engine");
     let query = fake(vec![]);
-    let error = host.load_health_check(None, &guest("fixture-fixed-delay-a"), "sqlite", query).unwrap_err();
+    let error =
+        host.load_health_check(None, &dbguard_tests::guest!("fixture-fixed-delay-a"), "sqlite", query).unwrap_err();
     assert!(matches!(error, PluginError::WrongWorld { expected: "health-check", .. }), "{error:?}");
 }

@@ -8,13 +8,13 @@ use std::time::Duration;
 use dbguard_core::ErrorClass;
 use dbguard_core::retry::PolicyVerdict;
 use dbguard_plugin_host::{HostConfig, PluginError, PluginHost, PluginState};
-use support::{guest, info};
+use support::info;
 
 const PLUGIN_DELAY: Duration = Duration::from_millis(50);
 
 fn host() -> PluginHost {
     let host = PluginHost::new(HostConfig::default()).expect("engine");
-    host.load_retry_policy_named(Some("misbehave"), &guest("fixture-trap")).expect("gate passes");
+    host.load_retry_policy_named(Some("misbehave"), &dbguard_tests::guest!("fixture-trap")).expect("gate passes");
     host
 }
 
@@ -50,7 +50,7 @@ fn a_trap_falls_back_and_three_in_a_row_quarantine_the_plugin() {
     assert_eq!(policy.fallback_answers(), 5);
 
     // Reloading brings it back with fresh counters.
-    host.load_retry_policy(&guest("fixture-trap")).expect("reload");
+    host.load_retry_policy(&dbguard_tests::guest!("fixture-trap")).expect("reload");
     let stats = policy.stats().unwrap();
     assert_eq!((stats.state, stats.calls, stats.faults), (PluginState::Active, 0, 0));
     assert_eq!(policy.decide(&good), PolicyVerdict::RetryAfter(PLUGIN_DELAY));
@@ -97,7 +97,7 @@ fn an_out_of_range_delay_is_an_invalid_decision() {
 fn fuel_limits_a_spinning_plugin_too() {
     let host = PluginHost::new(HostConfig::default().fuel(Some(5_000_000)).call_timeout(Duration::from_secs(5)))
         .expect("engine");
-    host.load_retry_policy(&guest("fixture-trap")).expect("gate passes with fuel");
+    host.load_retry_policy(&dbguard_tests::guest!("fixture-trap")).expect("gate passes with fuel");
     let result = host.retry_policy().try_decide(&info(ErrorClass::Busy, 1, Some("spin")));
     assert_eq!(result, Err(PluginError::OutOfFuel));
 }

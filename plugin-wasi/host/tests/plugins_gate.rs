@@ -8,12 +8,13 @@ use std::time::Duration;
 use dbguard_core::ErrorClass;
 use dbguard_core::retry::PolicyVerdict;
 use dbguard_plugin_host::{HostConfig, PluginError, PluginHost};
-use support::{guest, info};
+use support::info;
 
 fn host_with_active_plugin() -> (PluginHost, String) {
     let host = PluginHost::new(HostConfig::default()).expect("engine");
-    let handle =
-        host.load_retry_policy_named(Some("fixed-a"), &guest("fixture-fixed-delay-a")).expect("fixture a loads");
+    let handle = host
+        .load_retry_policy_named(Some("fixed-a"), &dbguard_tests::guest!("fixture-fixed-delay-a"))
+        .expect("fixture a loads");
     (host, handle.content_hash)
 }
 
@@ -59,7 +60,7 @@ fn random_bytes_are_refused() {
 #[test]
 fn a_component_of_the_wrong_world_is_refused() {
     let (host, hash) = host_with_active_plugin();
-    let error = host.load_retry_policy(&guest("fixture-wrong-world")).unwrap_err();
+    let error = host.load_retry_policy(&dbguard_tests::guest!("fixture-wrong-world")).unwrap_err();
     assert!(matches!(error, PluginError::WrongWorld { expected: "retry-policy", .. }), "{error:?}");
     assert!(error.to_string().contains("decide"), "the error should name the missing export: {error}");
     assert_still_active(&host, &hash);
@@ -68,7 +69,7 @@ fn a_component_of_the_wrong_world_is_refused() {
 #[test]
 fn a_component_importing_what_the_host_does_not_provide_is_refused() {
     let (host, hash) = host_with_active_plugin();
-    let error = host.load_retry_policy(&guest("fixture-extra-import")).unwrap_err();
+    let error = host.load_retry_policy(&dbguard_tests::guest!("fixture-extra-import")).unwrap_err();
     assert!(matches!(error, PluginError::UnsupportedImport(_)), "{error:?}");
     assert!(error.to_string().contains("steal-secret"), "the error should name the import: {error}");
     assert_still_active(&host, &hash);
@@ -78,7 +79,7 @@ fn a_component_importing_what_the_host_does_not_provide_is_refused() {
 fn a_plugin_that_never_returns_is_refused_at_its_deadline() {
     let (host, hash) = host_with_active_plugin();
     // The guest never returns: that loading does, with the deadline's error, is the interruption.
-    let error = host.load_retry_policy(&guest("fixture-spin-forever")).unwrap_err();
+    let error = host.load_retry_policy(&dbguard_tests::guest!("fixture-spin-forever")).unwrap_err();
     assert_eq!(error, PluginError::Timeout(host.config().get_call_timeout()));
     assert_still_active(&host, &hash);
 }
@@ -86,7 +87,7 @@ fn a_plugin_that_never_returns_is_refused_at_its_deadline() {
 #[test]
 fn a_plugin_growing_past_its_memory_limit_is_refused() {
     let (host, hash) = host_with_active_plugin();
-    let error = host.load_retry_policy(&guest("fixture-grow-memory")).unwrap_err();
+    let error = host.load_retry_policy(&dbguard_tests::guest!("fixture-grow-memory")).unwrap_err();
     assert_eq!(error, PluginError::MemoryLimit { limit: 16 << 20 });
     assert_still_active(&host, &hash);
 }
@@ -95,7 +96,7 @@ fn a_plugin_growing_past_its_memory_limit_is_refused() {
 fn a_plugin_asking_for_absurd_delays_is_refused() {
     // The trap fixture answers 50 ms normally; a host whose cap is below that refuses it.
     let host = PluginHost::new(HostConfig::default().max_retry_delay(Duration::from_millis(10))).expect("engine");
-    let error = host.load_retry_policy(&guest("fixture-trap")).unwrap_err();
+    let error = host.load_retry_policy(&dbguard_tests::guest!("fixture-trap")).unwrap_err();
     assert!(matches!(error, PluginError::InvalidDecision(_)), "{error:?}");
     assert!(host.retry_policy().stats().is_none());
 }
@@ -104,6 +105,6 @@ fn a_plugin_asking_for_absurd_delays_is_refused() {
 fn reloading_identical_bytes_reuses_the_compiled_component() {
     let (host, _) = host_with_active_plugin();
     assert_eq!(host.cached_components(), 1);
-    host.load_retry_policy(&guest("fixture-fixed-delay-a")).expect("loads again");
+    host.load_retry_policy(&dbguard_tests::guest!("fixture-fixed-delay-a")).expect("loads again");
     assert_eq!(host.cached_components(), 1);
 }

@@ -12,7 +12,7 @@ use dbguard_plugin_host::{
     HealthCheckPlugin, HostConfig, PluginError, PluginHost, PluginState, QueryFailure, QueryFn, Rows, SandboxLimits,
     SqlValue,
 };
-use support::{guest, info};
+use support::info;
 
 /// A stand-in database: answers every query with `rows` (or the failure) and counts them.
 struct Database {
@@ -36,13 +36,13 @@ fn one_row() -> Result<Rows, QueryFailure> {
 }
 
 fn load_check(host: &PluginHost, fixture: &str, db: Arc<Database>) -> Result<HealthCheckPlugin, PluginError> {
-    host.load_health_check(Some(fixture), &guest(fixture), "postgres", db)
+    host.load_health_check(Some(fixture), &dbguard_tests::guest!(fixture), "postgres", db)
 }
 
 #[test]
 fn a_policy_that_sleeps_is_refused_at_the_gate_instead_of_blocking_it() {
     let host = PluginHost::new(HostConfig::default()).expect("engine");
-    let error = host.load_retry_policy(&guest("fixture-sleep-at-load")).unwrap_err();
+    let error = host.load_retry_policy(&dbguard_tests::guest!("fixture-sleep-at-load")).unwrap_err();
     assert!(matches!(&error, PluginError::Blocking(function) if function.contains("wasi:io/poll")), "{error:?}");
     assert!(host.retry_policy().stats().is_none(), "nothing was activated");
 }
@@ -50,7 +50,7 @@ fn a_policy_that_sleeps_is_refused_at_the_gate_instead_of_blocking_it() {
 #[test]
 fn a_policy_that_sleeps_on_real_failures_faults_and_is_quarantined_without_panicking() {
     let host = PluginHost::new(HostConfig::default()).expect("engine");
-    host.load_retry_policy(&guest("fixture-sleep-on-failure")).expect("passes the gate");
+    host.load_retry_policy(&dbguard_tests::guest!("fixture-sleep-on-failure")).expect("passes the gate");
     let policy = host.retry_policy();
     let real = info(ErrorClass::Busy, 1, Some("5"));
     for _ in 0..3 {
@@ -68,7 +68,7 @@ async fn a_policy_called_from_inside_an_async_runtime_faults_instead_of_panickin
     // WASI's synchronous bindings `block_on` inside a runtime thread panic; guest calls run on
     // the host's own threads, so this is an ordinary fault.
     let host = PluginHost::new(HostConfig::default()).expect("engine");
-    host.load_retry_policy(&guest("fixture-sleep-on-failure")).expect("passes the gate");
+    host.load_retry_policy(&dbguard_tests::guest!("fixture-sleep-on-failure")).expect("passes the gate");
     let error = host.retry_policy().try_decide(&info(ErrorClass::Busy, 1, Some("5"))).unwrap_err();
     assert!(matches!(error, PluginError::Blocking(_)), "{error:?}");
 }
@@ -145,7 +145,7 @@ fn log_lines_over_the_rate_are_dropped_and_counted_and_the_check_still_answers()
 #[test]
 fn a_policy_is_held_to_the_class_and_the_minimum_spacing() {
     let host = PluginHost::new(HostConfig::default()).expect("engine");
-    host.load_retry_policy(&guest("fixture-retry-zero")).expect("valid answers");
+    host.load_retry_policy(&dbguard_tests::guest!("fixture-retry-zero")).expect("valid answers");
     let policy = host.retry_policy();
     assert_eq!(policy.decide(&info(ErrorClass::Busy, 1, None)), PolicyVerdict::RetryAfter(Duration::from_millis(10)));
     for class in [ErrorClass::Syntax, ErrorClass::Authentication, ErrorClass::Constraint] {

@@ -9,15 +9,15 @@ use std::time::Duration;
 use dbguard_core::ErrorClass;
 use dbguard_core::retry::PolicyVerdict;
 use dbguard_plugin_host::{HostConfig, PluginHost};
-use support::{guest, info};
+use support::info;
 
 #[test]
 fn eight_threads_keep_deciding_while_the_policy_is_replaced_fifty_times() {
     // A generous deadline: this machine may be busy, and a timeout here would be a fallback
     // answer, which the test counts as a failure.
     let host = PluginHost::new(HostConfig::default().call_timeout(Duration::from_secs(2))).expect("engine");
-    let a = guest("fixture-fixed-delay-a");
-    let b = guest("fixture-fixed-delay-b");
+    let a = dbguard_tests::guest!("fixture-fixed-delay-a");
+    let b = dbguard_tests::guest!("fixture-fixed-delay-b");
     host.load_retry_policy(&a).expect("a loads");
     let policy = host.retry_policy();
     let stop = Arc::new(AtomicBool::new(false));

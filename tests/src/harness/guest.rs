@@ -42,3 +42,13 @@ fn build_guests(target_dir: &Path) -> PathBuf {
     }
     target_dir.join("wasm32-wasip2").join("release")
 }
+
+/// The component bytes of the guest crate `name`, built into the calling test crate's
+/// temporary directory: `dbguard_tests::guest!("table-freshness")`. The one way tests get a
+/// guest, so no suite wraps [`guest_plugin`] again.
+#[macro_export]
+macro_rules! guest {
+    ($name:expr) => {
+        $crate::guest_plugin(::std::path::Path::new(env!("CARGO_TARGET_TMPDIR")), $name)
+    };
+}

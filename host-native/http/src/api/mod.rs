@@ -30,18 +30,19 @@
 //! # Ok(()) }
 //! ```
 
+mod access;
 mod error;
 pub mod openapi;
 mod plugins;
+mod serve;
 
-use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequestParts, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, Request, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -54,11 +55,14 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+pub use access::{AdminAccess, ReadAccess};
 pub use error::{ApiError, ApiJson, ApiQuery};
 pub use plugins::{PluginControl, PluginReload, RefusedPlugin};
+pub use serve::{ServeLimits, serve, serve_with_limits};
 
-use crate::auth::{AuthFailure, Authenticator, Principal, Scope};
+use crate::auth::{Authenticator, Scope};
 use crate::readonly::{QueryRequest, ReadOnlyQuery};
+use access::authorize;
 use dbguard::DbManager;
 
 /// Largest request body accepted (larger → 413).
@@ -220,48 +224,6 @@ fn envelope<T: Serialize>(status: StatusCode, data: T) -> Response {
     }
 }
 
-/// A caller holding `db:read`.
-#[derive(Debug, Clone)]
-pub struct ReadAccess(pub Principal);
-
-/// A caller holding `db:admin`.
-#[derive(Debug, Clone)]
-pub struct AdminAccess(pub Principal);
-
-fn authorize(parts: &Parts, state: &AppState, scope: Scope) -> Result<Principal, ApiError> {
-    let mut headers = parts.headers.get_all(header::AUTHORIZATION).iter();
-    let header = headers.next().map(HeaderValue::as_bytes);
-    if headers.next().is_some() {
-        // Which of two credentials counts is a question a proxy and this server could answer
-        // differently; refuse both.
-        tracing::info!(target: "dbguard::audit", "request refused: more than one Authorization header");
-        return Err(ApiError::unauthorized("malformed Authorization header: more than one was sent"));
-    }
-    state.inner.auth.authorize(header, scope).map_err(|failure| {
-        tracing::info!(target: "dbguard::audit", %failure, "request refused");
-        match failure {
-            AuthFailure::MissingScope(_) => ApiError::forbidden(failure.to_string()),
-            _ => ApiError::unauthorized(failure.to_string()),
-        }
-    })
-}
-
-impl FromRequestParts<AppState> for ReadAccess {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        authorize(parts, state, Scope::Read).map(Self)
-    }
-}
-
-impl FromRequestParts<AppState> for AdminAccess {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        authorize(parts, state, Scope::Admin).map(Self)
-    }
-}
-
 /// Query string of the health route.
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -404,79 +366,4 @@ pub fn router(state: AppState) -> Router {
         .layer(TraceLayer::new_for_http().make_span_with(make_span))
         .layer(SetRequestIdLayer::new(header::HeaderName::from_static(REQUEST_ID_HEADER), MakeRequestUuid))
         .layer(axum::middleware::map_response(ensure_envelope))
-}
-
-/// Bounds on what a client can hold open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ServeLimits {
-    /// How long a client may take to send a request's headers.
-    pub header_read_timeout: Duration,
-    /// How long shutdown waits for open connections before closing them.
-    pub shutdown_drain_limit: Duration,
-}
-
-impl Default for ServeLimits {
-    fn default() -> Self {
-        Self { header_read_timeout: HEADER_READ_TIMEOUT, shutdown_drain_limit: SHUTDOWN_DRAIN_LIMIT }
-    }
-}
-
-/// Serves the API on `listener` until `shutdown` completes, then stops accepting and waits for
-/// in-flight requests to finish, at most [`SHUTDOWN_DRAIN_LIMIT`]. Each connection must send
-/// its request headers within [`HEADER_READ_TIMEOUT`]. Closing the pools is the caller's (see
-/// `dbguard serve`).
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    serve_with_limits(listener, state, shutdown, ServeLimits::default()).await
-}
-
-/// [`serve`] with other [`ServeLimits`].
-pub async fn serve_with_limits(
-    listener: tokio::net::TcpListener,
-    state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    limits: ServeLimits,
-) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use hyper_util::server::graceful::GracefulShutdown;
-    use hyper_util::service::TowerToHyperService;
-
-    let app = router(state);
-    let mut http = hyper::server::conn::http1::Builder::new();
-    // Without a timer hyper cannot time anything, and its header timeout stays off.
-    http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
-    let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(%error, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "connection closed with an error");
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(limits.shutdown_drain_limit, graceful.shutdown()).await.is_err() {
-        tracing::warn!(
-            limit_ms = limits.shutdown_drain_limit.as_millis() as u64,
-            "connections still open at shutdown; closing them"
-        );
-    }
-    Ok(())
 }

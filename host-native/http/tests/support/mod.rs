@@ -289,9 +289,3 @@ pub fn parse_response(bytes: &[u8]) -> (u16, Value) {
     };
     (status, value)
 }
-
-/// The guest component built from `plugin-wasi/guest`'s crate `name` (built for `wasm32-wasip2`
-/// on first use, once per test binary).
-pub fn guest_plugin(name: &str) -> Vec<u8> {
-    dbguard_tests::guest_plugin(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")), name)
-}

@@ -3,16 +3,10 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::path::Path;
 use std::time::Duration;
 
 use dbguard_core::ErrorClass;
 use dbguard_core::retry::AttemptInfo;
-
-/// The bytes of the guest component built from the crate `name` (dashes or underscores).
-pub fn guest(name: &str) -> Vec<u8> {
-    dbguard_tests::guest_plugin(Path::new(env!("CARGO_TARGET_TMPDIR")), name)
-}
 
 /// Attempt info for a failure of `class` at `attempt`, idempotent, with an optional code.
 pub fn info(class: ErrorClass, attempt: u32, code: Option<&str>) -> AttemptInfo {

@@ -20,6 +20,11 @@ use crate::pool;
 /// `PRAGMA quick_check` reads the whole file: run it on the first probe and every Nth after.
 const QUICK_CHECK_EVERY: u64 = 10;
 
+/// The most bytes (names, messages, units) the extra checks may add to one report together.
+/// Each plugin's own strings are bounded by the plugin host; this bounds their sum, however
+/// many plugins there are, so the report stays small enough for every reader.
+pub(crate) const MAX_EXTRA_CHECK_BYTES: usize = 32 << 10;
+
 /// One check contributed from outside core's probe (a health-check plugin, for instance).
 ///
 /// The health service runs it on a blocking thread (`spawn_blocking`) within the probe's
@@ -278,8 +283,36 @@ impl DbManager {
                 Err(_) => failed_check(name, format!("no answer within {} ms", timeout.as_millis())),
             }
         });
-        futures::future::join_all(runs).await
+        within_report_budget(futures::future::join_all(runs).await)
     }
+}
+
+/// Keeps extra-check results, in order, while their bytes fit [`MAX_EXTRA_CHECK_BYTES`]; the
+/// rest are replaced by one failed, non-required check saying how many were left out.
+fn within_report_budget(results: Vec<CheckResult>) -> Vec<CheckResult> {
+    let size = |result: &CheckResult| {
+        result.name.len()
+            + result.message.as_ref().map_or(0, String::len)
+            + result.observed_unit.as_ref().map_or(0, String::len)
+    };
+    let mut used = 0usize;
+    let mut kept = Vec::with_capacity(results.len());
+    let mut omitted = 0usize;
+    for result in results {
+        used = used.saturating_add(size(&result));
+        if used <= MAX_EXTRA_CHECK_BYTES && omitted == 0 {
+            kept.push(result);
+        } else {
+            omitted += 1;
+        }
+    }
+    if omitted > 0 {
+        kept.push(failed_check(
+            "plugin:omitted".to_owned(),
+            format!("{omitted} plugin checks left out: together they exceed {MAX_EXTRA_CHECK_BYTES} bytes"),
+        ));
+    }
+    kept
 }
 
 /// A failed, non-required check: degrades the report without making it unhealthy.
@@ -402,4 +435,23 @@ async fn observe_sqlite(
     let observed =
         SqliteObservations { round_trip: RoundTrip::Answered(elapsed), journal_mode, quick_check, size_bytes };
     (version, observed, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_checks_are_kept_within_the_report_budget() {
+        let check = |n: usize| {
+            let mut result = CheckResult::new(format!("plugin:p{n}"), CheckStatus::Pass, false);
+            result.message = Some("m".repeat(4 << 10));
+            result
+        };
+        let kept = within_report_budget((0..20).map(check).collect());
+        assert_eq!(kept.len(), 8, "seven fit in 32 KiB, then one summary");
+        assert_eq!(kept[7].name, "plugin:omitted");
+        assert!(kept[7].message.as_deref().is_some_and(|m| m.starts_with("13 plugin checks left out")), "{kept:?}");
+        assert_eq!(within_report_budget((0..3).map(check).collect()).len(), 3);
+    }
 }

@@ -23,7 +23,7 @@ const QUICK_CHECK_EVERY: u64 = 10;
 /// The most bytes (names, messages, units) the extra checks may add to one report together.
 /// Each plugin's own strings are bounded by the plugin host; this bounds their sum, however
 /// many plugins there are, so the report stays small enough for every reader.
-pub const MAX_EXTRA_CHECK_BYTES: usize = 32 << 10;
+pub(crate) const MAX_EXTRA_CHECK_BYTES: usize = 32 << 10;
 
 /// One check contributed from outside core's probe (a health-check plugin, for instance).
 ///

@@ -46,7 +46,7 @@ mod transaction;
 pub use classify::{Classified, classify_db_err, classify_sqlx};
 pub use dbguard_core::{ErrorClass, HealthReport, HealthStatus, Idempotency};
 pub use error::DbError;
-pub use health::{ExtraCheck, ExtraChecks, MAX_EXTRA_CHECK_BYTES};
+pub use health::{ExtraCheck, ExtraChecks};
 pub use manager::{ConnectError, DbManager, PluginDirectory};
 pub use retry_helper::with_db_retry;
 pub use runner::{RetryAdvisor, TxnFuture};

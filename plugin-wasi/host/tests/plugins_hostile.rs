@@ -77,7 +77,8 @@ async fn a_policy_called_from_inside_an_async_runtime_faults_instead_of_panickin
 fn a_check_that_sleeps_after_the_gate_faults_at_once_and_is_quarantined() {
     let host = PluginHost::new(HostConfig::default()).expect("engine");
     let plugin = load_check(&host, "fixture-sleep-after-gate", database(one_row())).expect("the gate is early");
-    std::thread::sleep(Duration::from_secs(3));
+    // The fixture sleeps once the host is five seconds old.
+    std::thread::sleep(Duration::from_secs(5));
     for _ in 0..3 {
         let error = plugin.run("postgres", database(one_row())).unwrap_err();
         assert!(matches!(error, PluginError::Blocking(_)), "{error:?}");

@@ -98,23 +98,25 @@ bench:
         echo
         criterion_table < "$report/core.txt"
         echo
-        echo "Pure functions on one core, no I/O: each is far below a database round trip (tens of"
-        echo "microseconds on loopback), so configuration parsing, classification, a retry decision and a"
-        echo "breaker update never limit a guarded call. Health-report serialization runs once per probe and"
-        echo "its bytes are cached by the API."
+        # The slowest core decision of this run beside one guarded round trip of the same run (the
+        # load bench's `SELECT 1` at 1 task, p50): both figures measured, the comparison left to them.
+        slowest=$(awk '/^test .* bench:/ { t = $0; sub(/.*bench: +/, "", t); sub(/ ns\/iter.*/, "", t); gsub(/,/, "", t); if (t + 0 > max) { max = t + 0; id = $2 } } END { print id, max }' "$report/core.txt")
+        round_trip_us=$(awk -F'|' '/^### / { section = $0 } section ~ /SELECT 1/ && /^\| dbguard full path \|/ && $3 + 0 == 1 { print $6 + 0; exit }' "$report/load.md")
+        echo "Pure functions on one core, no I/O. The slowest in this run, \`${slowest% *}\`, took ${slowest#* } ns;"
+        echo "one guarded \`SELECT 1\` at 1 task (p50, load table above) took ${round_trip_us:-unknown} µs."
         echo
         echo "## Plugin host micro benchmarks (\`plugin-wasi/host/benches/plugin.rs\`, criterion)"
         echo
         criterion_table < "$report/plugin.txt"
         echo
-        grep '^per-call' "$report/plugin.txt" | sed 's/^/Single calls timed one by one, /; s/$/ (each includes two clock reads)./'
+        grep '^per-call' "$report/plugin.txt" | sed 's/^/Single calls timed one by one (each includes two clock reads), /; s/$/./'
         echo
         echo "A warm call into the WebAssembly policy is limited by the component-model call boundary"
         echo "(lifting and lowering the arguments), a fresh instance by instantiation, and loading by"
         echo "verification plus compilation (cached by content hash). The retry runner consults the policy"
         echo "only after a failed attempt, so none of these is on the path of a successful call."
         echo
-        # Findings made by hand (profiles), dated inside; kept with the benches.
-        cat tests/benches/PROFILE.md
+        echo "Analysis made by hand (profiles, re-measurements of single benches) is not part of this run:"
+        echo "it is in \`BENCHMARKS-NOTES.md\`, each entry with the date and commit it describes."
     } > BENCHMARKS.md
     echo "wrote BENCHMARKS.md"

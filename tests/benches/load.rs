@@ -579,10 +579,18 @@ fn report_workload(report: &mut Report, cells: &[Cell], workload: Workload, knob
     }
 }
 
-/// What bounds the load numbers; true of the code measured, whatever the machine.
-const LOAD_LIMITS: &str = "**What limits these numbers.** Two cores run the client, the server backends and \
-loopback TCP, so from 4 tasks on the machine is CPU-bound and throughput follows the round trips and wake-ups \
-each call costs; at 1 task a call is latency-bound (a wake-up per round trip on an idle machine), and its \
+/// What bounds the load numbers on a machine with `cores` cores; the rest is true of the code
+/// measured, whatever the machine.
+fn load_limits(cores: usize) -> String {
+    format!(
+        "**What limits these numbers.** {cores} core(s) run the client, the server backends and loopback TCP, \
+         so once tasks outnumber the cores the machine is CPU-bound and throughput follows the round trips and \
+         wake-ups each call costs; {LOAD_LIMITS_PER_CALL}"
+    )
+}
+
+/// The part of [`load_limits`] that does not depend on the machine.
+const LOAD_LIMITS_PER_CALL: &str = "at 1 task a call is latency-bound (a wake-up per round trip on an idle machine), and its \
 rounds vary by tens of percent, so ratios at 1 task are within noise. `raw sqlx` is one round trip on a \
 dedicated connection: the ceiling. With more tasks than cores a reply is often already waiting when its task \
 is polled, so its p50 is tiny and the queueing shows in p99 (its mean latency is tasks ÷ ops/s). \
@@ -680,7 +688,7 @@ async fn bench() -> Result<Report, String> {
         knobs.rounds,
         knobs.pool,
         if knobs.metrics { "installed" } else { "not installed" },
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        support::cores(),
     ));
     report.line("");
 
@@ -717,7 +725,7 @@ async fn bench() -> Result<Report, String> {
         report_workload(&mut report, &cells, workload, &knobs);
     }
     report_targets(&mut report, &cells);
-    report.line(LOAD_LIMITS);
+    report.line(load_limits(support::cores()));
     report.line("");
     drop(setup);
     drop(db);

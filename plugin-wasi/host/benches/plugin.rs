@@ -90,13 +90,25 @@ fn warm_decide_distribution(policy: &ActiveRetryPolicy, info: &AttemptInfo) {
         .collect();
     nanos.sort_unstable();
     let at = |quantile: f64| nanos[((nanos.len() - 1) as f64 * quantile) as usize];
+    let (p50, p99) = (at(0.50), at(0.99));
     println!(
-        "per-call warm_decide over {DISTRIBUTION_CALLS} calls: p50 {} ns, p99 {} ns, p99.9 {} ns, max {} ns",
-        at(0.50),
-        at(0.99),
+        "per-call warm_decide over {DISTRIBUTION_CALLS} calls: p50 {p50} ns, p99 {p99} ns, p99.9 {} ns, max {} ns; \
+         targets p50 ≤ {P50_TARGET_NS} ns: {}, p99 ≤ {P99_TARGET_NS} ns: {}",
         at(0.999),
-        nanos[nanos.len() - 1]
+        nanos[nanos.len() - 1],
+        verdict(p50 <= P50_TARGET_NS),
+        verdict(p99 <= P99_TARGET_NS),
     );
+}
+
+/// Targets for one warm `decide`: well under a database round trip even in the tail.
+const P50_TARGET_NS: u128 = 1_000;
+/// See [`P50_TARGET_NS`].
+const P99_TARGET_NS: u128 = 5_000;
+
+/// How the report states a target.
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "NOT met" }
 }
 
 criterion_group!(benches, bench);

@@ -12,6 +12,11 @@ use std::time::Duration;
 /// Directory each benchmark writes its markdown section to (`<dir>/<bench>.md`), when set.
 pub(crate) const REPORT_DIR_VAR: &str = "DBGUARD_BENCH_REPORT_DIR";
 
+/// The cores this run may use, as the report states them (0 if the system will not say).
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+}
+
 /// A knob: the variable if set and valid, the default if unset; exits naming the variable when
 /// the value does not parse (a typo must not silently measure something else).
 pub(crate) fn knob<T: FromStr>(name: &str, default: T) -> T {

@@ -74,11 +74,17 @@ pub enum ErrorClass {
     CommitOutcomeUnknown,
     /// Anything else.
     Unknown,
+    // Classes added after version 0.1.0 of the plugin contract come last, so that the
+    // contract's `error-class` enum stays a prefix of [`ErrorClass::ALL`]; until the contract
+    // is revised, plugins see them as `unknown`.
+    /// The database named in the URL does not exist on the server (3D000): the server answers,
+    /// but nothing can be served until the database is created or the URL is fixed.
+    DatabaseMissing,
 }
 
 impl ErrorClass {
     /// Every class, in declaration order; for tables, metrics labels and plugin golden vectors.
-    pub const ALL: [ErrorClass; 27] = [
+    pub const ALL: [ErrorClass; 28] = [
         Self::ConnectionRefused,
         Self::ConnectionLost,
         Self::Timeout,
@@ -106,6 +112,7 @@ impl ErrorClass {
         Self::StorageCorrupt,
         Self::CommitOutcomeUnknown,
         Self::Unknown,
+        Self::DatabaseMissing,
     ];
 
     /// Classifies a PostgreSQL SQLSTATE (five characters, case-insensitive).
@@ -137,6 +144,7 @@ impl ErrorClass {
             "55P03" | "55006" | "55000" => Self::LockNotAvailable,
             "25006" => Self::ReadOnlyServer,
             "42501" => Self::PermissionDenied,
+            "3D000" => Self::DatabaseMissing,
             _ => match &upper[..2] {
                 "08" => Self::ConnectionLost,
                 "28" => Self::Authentication,
@@ -265,6 +273,7 @@ impl ErrorClass {
                 | Self::TooManyConnections
                 | Self::ServerShuttingDown
                 | Self::ServerStarting
+                | Self::DatabaseMissing
         )
     }
 
@@ -354,6 +363,7 @@ impl ErrorClass {
             Self::StorageCorrupt => "storage_corrupt",
             Self::CommitOutcomeUnknown => "commit_outcome_unknown",
             Self::Unknown => "unknown",
+            Self::DatabaseMissing => "database_missing",
         }
     }
 }
@@ -427,6 +437,7 @@ mod tests {
             ("25006", ErrorClass::ReadOnlyServer),
             ("28P01", ErrorClass::Authentication),
             ("28000", ErrorClass::Authentication),
+            ("3D000", ErrorClass::DatabaseMissing),
             ("42501", ErrorClass::PermissionDenied),
             ("42601", ErrorClass::Syntax),
             ("42P01", ErrorClass::Syntax),

@@ -47,6 +47,7 @@ mod sandbox;
 mod store;
 mod threads;
 
+pub use bindings::CONTRACT_CLASSES;
 pub use config::{HostConfig, SandboxLimits};
 pub use env::ENV_PREFIX;
 pub use error::PluginError;

@@ -61,7 +61,7 @@ pub(crate) struct GuardedCall {
 pub(crate) enum Waits {
     /// Calls on a pool: the pool cannot tell a restarted server from a dead one.
     ForServer,
-    /// The first connect, whose attempt is itself a direct connect.
+    /// Attempts that are themselves direct connects: the first connect, [`DbManager::run_direct`].
     Never,
 }
 
@@ -102,10 +102,54 @@ impl DbManager {
         F: FnMut(DatabaseConnection) -> Fut,
         Fut: Future<Output = Result<T, DbErr>>,
     {
-        let mut call = self.begin_call(policy, idempotency, Waits::ForServer);
+        self.run_attempts(policy, idempotency, Waits::ForServer, |slot| op(slot.db.clone())).await
+    }
+
+    /// Runs `op`, a call that opens a connection of its own instead of using the pool (the HTTP
+    /// API's read-only test query does, as a least-privilege login), under the configured
+    /// retry policy, breaker and retry budget, like [`DbManager::run`]. Each attempt is itself
+    /// a direct connect, so a retry never first waits for the server to answer; report a
+    /// driver error as `DbErr::Conn(RuntimeErr::SqlxError(..))` so that it is classified.
+    ///
+    /// ```no_run
+    /// # async fn demo(manager: dbguard::DbManager, url: String) -> Result<(), dbguard::DbError> {
+    /// use std::sync::Arc;
+    /// use sea_orm::{DbErr, RuntimeErr};
+    /// use sqlx::Connection;
+    /// let version: String = manager
+    ///     .run_direct(dbguard::Idempotency::Idempotent, || async {
+    ///         let as_db_err = |err| DbErr::Conn(RuntimeErr::SqlxError(Arc::new(err)));
+    ///         let mut conn = sqlx::PgConnection::connect(&url).await.map_err(as_db_err)?;
+    ///         sqlx::query_scalar("SELECT version()").fetch_one(&mut conn).await.map_err(as_db_err)
+    ///     })
+    ///     .await?;
+    /// # let _ = version; Ok(()) }
+    /// ```
+    pub async fn run_direct<T, F, Fut>(&self, idempotency: Idempotency, mut op: F) -> Result<T, DbError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, DbErr>>,
+    {
+        self.run_attempts(self.config().retry, idempotency, Waits::Never, |_| op()).await
+    }
+
+    /// The loop of [`DbManager::run_with_policy`] and [`DbManager::run_direct`]: one attempt of
+    /// `op` per admitted slot until it succeeds or the call gives up.
+    async fn run_attempts<T, F, Fut>(
+        &self,
+        policy: RetryPolicy,
+        idempotency: Idempotency,
+        waits: Waits,
+        mut op: F,
+    ) -> Result<T, DbError>
+    where
+        F: FnMut(&PoolSlot) -> Fut,
+        Fut: Future<Output = Result<T, DbErr>>,
+    {
+        let mut call = self.begin_call(policy, idempotency, waits);
         loop {
             let slot = self.next_attempt(&mut call).await?;
-            let outcome = self.step(&slot, op(slot.db.clone())).await;
+            let outcome = self.step(&slot, op(&slot)).await;
             if let Some(value) = self.settle(&mut call, &slot, outcome).await? {
                 return Ok(value);
             }

@@ -61,7 +61,7 @@ pub use plugins::{PluginControl, PluginReload, RefusedPlugin};
 pub use serve::{ServeLimits, serve, serve_with_limits};
 
 use crate::auth::{Authenticator, Scope};
-use crate::readonly::{QueryRequest, ReadOnlyQuery};
+use crate::readonly::{GuardedQueryError, QueryRequest, ReadOnlyQuery};
 use access::authorize;
 use dbguard::DbManager;
 
@@ -255,9 +255,10 @@ async fn test_query(
     AdminAccess(principal): AdminAccess,
     ApiJson(request): ApiJson<QueryRequest>,
 ) -> Response {
-    match state.inner.readonly.run_audited(&principal.subject, &request).await {
+    match state.inner.readonly.run_guarded(&state.inner.manager, &principal.subject, &request).await {
         Ok(result) => envelope(StatusCode::OK, result),
-        Err(err) => ApiError::from(err).into_response(),
+        Err(GuardedQueryError::Query(err)) => ApiError::from(err).into_response(),
+        Err(GuardedQueryError::Database(err)) => ApiError::from(&err).into_response(),
     }
 }
 

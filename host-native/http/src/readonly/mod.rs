@@ -28,9 +28,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dbguard::Redactor;
+use dbguard::{DbError, DbManager, Idempotency, Redactor};
 use dbguard_core::{DatabaseType, DbConfig};
 use schemars::JsonSchema;
+use sea_orm::{DbErr, RuntimeErr};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -139,6 +140,47 @@ impl QueryError {
     }
 }
 
+/// How one attempt of a query failed.
+pub(crate) enum AttemptError {
+    /// Refused or failed for a reason that another attempt cannot change.
+    Refused(QueryError),
+    /// The database could not be reached or would not serve this login or database: the retry
+    /// policy judges it by its class.
+    Unreachable {
+        /// The driver's error, for classification.
+        error: sqlx::Error,
+        /// What to tell the caller (scrubbed of secrets).
+        message: String,
+    },
+}
+
+impl From<QueryError> for AttemptError {
+    fn from(err: QueryError) -> Self {
+        Self::Refused(err)
+    }
+}
+
+impl AttemptError {
+    fn into_query_error(self) -> QueryError {
+        match self {
+            Self::Refused(err) => err,
+            Self::Unreachable { message, .. } => QueryError::Unavailable(message),
+        }
+    }
+}
+
+/// Why a test query run under the retry policy failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GuardedQueryError {
+    /// Refused or failed for a reason that retrying cannot change.
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    /// The database could not be reached or would not serve, after the retry policy's
+    /// attempts: carries the retry count and the time of the last attempt.
+    #[error(transparent)]
+    Database(#[from] DbError),
+}
+
 /// Limits of one call after defaults and caps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueryLimits {
@@ -239,10 +281,33 @@ impl ReadOnlyQuery {
         self
     }
 
-    /// Runs the query and writes one audit event (`target: "dbguard::audit"`) naming `subject`,
-    /// the SHA-256 of the query text and the outcome.
-    pub async fn run_audited(&self, subject: &str, request: &QueryRequest) -> Result<QueryResult, QueryError> {
-        let result = self.run(request).await;
+    /// Runs the query under `manager`'s retry policy, breaker and retry budget, as any
+    /// idempotent call (a read-only statement is safe to repeat): a database that cannot be
+    /// reached is tried again on the policy's schedule. Writes one audit event (`target:
+    /// "dbguard::audit"`) naming `subject`, the SHA-256 of the query text and the outcome.
+    pub async fn run_guarded(
+        &self,
+        manager: &DbManager,
+        subject: &str,
+        request: &QueryRequest,
+    ) -> Result<QueryResult, GuardedQueryError> {
+        let outcome = manager
+            .run_direct(Idempotency::Idempotent, || async {
+                match self.attempt(request).await {
+                    Ok(answer) => Ok(Ok(answer)),
+                    // The database answered: for the breaker this attempt succeeded.
+                    Err(AttemptError::Refused(err)) => Ok(Err(err)),
+                    Err(AttemptError::Unreachable { error, .. }) => {
+                        Err(DbErr::Conn(RuntimeErr::SqlxError(Arc::new(error))))
+                    }
+                }
+            })
+            .await;
+        let result = match outcome {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(refused)) => Err(GuardedQueryError::Query(refused)),
+            Err(gave_up) => Err(GuardedQueryError::Database(gave_up)),
+        };
         let query_sha256 = sha256_hex(request.query.as_bytes());
         match &result {
             Ok(answer) => tracing::info!(
@@ -259,7 +324,10 @@ impl ReadOnlyQuery {
                 target: "dbguard::audit",
                 subject,
                 query_sha256 = %query_sha256,
-                outcome = err.code(),
+                outcome = match err {
+                    GuardedQueryError::Query(err) => err.code(),
+                    GuardedQueryError::Database(err) => err.class().as_str(),
+                },
                 reason = %err,
                 "test query refused"
             ),
@@ -267,17 +335,22 @@ impl ReadOnlyQuery {
         result
     }
 
-    /// Runs the query.
+    /// Runs the query once (no retries).
     pub async fn run(&self, request: &QueryRequest) -> Result<QueryResult, QueryError> {
+        self.attempt(request).await.map_err(AttemptError::into_query_error)
+    }
+
+    /// One attempt of the query.
+    async fn attempt(&self, request: &QueryRequest) -> Result<QueryResult, AttemptError> {
         let limits = QueryLimits::from_request(request)?;
         if request.query.trim().is_empty() {
-            return Err(QueryError::Invalid("query is empty".into()));
+            return Err(QueryError::Invalid("query is empty".into()).into());
         }
         if request.query.len() > MAX_QUERY_BYTES {
-            return Err(QueryError::Invalid(format!("query is longer than {MAX_QUERY_BYTES} bytes")));
+            return Err(QueryError::Invalid(format!("query is longer than {MAX_QUERY_BYTES} bytes")).into());
         }
         if request.params.len() > MAX_PARAMS {
-            return Err(QueryError::Invalid(format!("at most {MAX_PARAMS} params")));
+            return Err(QueryError::Invalid(format!("at most {MAX_PARAMS} params")).into());
         }
         let _permit = self
             .permits
@@ -287,7 +360,7 @@ impl ReadOnlyQuery {
             .map_err(|_| QueryError::Unavailable("the query runner is shutting down".into()))?;
         let started = Instant::now();
         let (columns, rows, truncated) = match &self.backend {
-            Backend::Misconfigured(message) => return Err(QueryError::Forbidden(message.clone())),
+            Backend::Misconfigured(message) => return Err(QueryError::Forbidden(message.clone()).into()),
             Backend::Postgres { options, dedicated } => {
                 // The server cancels at statement_timeout; this is the backstop for a server
                 // (or network) that does not answer at all.
@@ -298,14 +371,16 @@ impl ReadOnlyQuery {
                         return Err(QueryError::Timeout(format!(
                             "the database did not answer within {} ms",
                             backstop.as_millis()
-                        )));
+                        ))
+                        .into());
                     }
                 }
             }
             Backend::Sqlite { path: None } => {
                 return Err(QueryError::Invalid(
                     "the test endpoint needs a file database; an in-memory SQLite database cannot be opened read-only from a second connection".into(),
-                ));
+                )
+                .into());
             }
             Backend::Sqlite { path: Some(path) } => {
                 run_sqlite(path.clone(), request.clone(), limits, self.max_result_bytes).await?

@@ -10,7 +10,8 @@ use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection, PgRow, PgSslMo
 use sqlx::{Arguments, Column, Connection, Executor, Row, TypeInfo, ValueRef};
 
 use super::{
-    MAX_CONCURRENT, QueryError, QueryLimits, QueryRequest, ReadOnlyQuery, ResultBytes, Rows, SECRET_CATALOGS, hex,
+    AttemptError, MAX_CONCURRENT, QueryError, QueryLimits, QueryRequest, ReadOnlyQuery, ResultBytes, Rows,
+    SECRET_CATALOGS, hex,
 };
 
 impl ReadOnlyQuery {
@@ -20,7 +21,7 @@ impl ReadOnlyQuery {
         dedicated: bool,
         request: &QueryRequest,
         limits: QueryLimits,
-    ) -> Result<Rows, QueryError> {
+    ) -> Result<Rows, AttemptError> {
         let idle = match &self.idle {
             Some(idle) => idle.lock().await.pop(),
             None => None,
@@ -28,12 +29,12 @@ impl ReadOnlyQuery {
         let reused = idle.is_some();
         let mut conn = match idle {
             Some(conn) => conn,
-            None => PgConnection::connect_with(options).await.map_err(|err| self.pg_error(&err))?,
+            None => PgConnection::connect_with(options).await.map_err(|err| self.pg_error(err))?,
         };
         let mut result = self.pg_session(&mut conn, dedicated, request, limits).await;
-        if reused && matches!(result, Err(QueryError::Unavailable(_))) {
+        if reused && matches!(result, Err(AttemptError::Unreachable { .. })) {
             // A kept connection the server has since closed: one fresh try.
-            conn = PgConnection::connect_with(options).await.map_err(|err| self.pg_error(&err))?;
+            conn = PgConnection::connect_with(options).await.map_err(|err| self.pg_error(err))?;
             result = self.pg_session(&mut conn, dedicated, request, limits).await;
         }
         match &result {
@@ -68,7 +69,7 @@ impl ReadOnlyQuery {
         dedicated: bool,
         request: &QueryRequest,
         limits: QueryLimits,
-    ) -> Result<Rows, QueryError> {
+    ) -> Result<Rows, AttemptError> {
         let (user, superuser, program, files, secrets): (String, bool, bool, bool, Vec<String>) = sqlx::query_as(
             "SELECT current_user::text, r.rolsuper, \
                     pg_has_role(current_user, 'pg_execute_server_program', 'MEMBER'), \
@@ -80,13 +81,13 @@ impl ReadOnlyQuery {
         .bind(&SECRET_CATALOGS[..])
         .fetch_one(&mut *conn)
         .await
-        .map_err(|err| self.pg_error(&err))?;
+        .map_err(|err| self.pg_error(err))?;
         let source = if dedicated { "DB_TEST_URL" } else { "DATABASE_URL" };
         if !superuser && !secrets.is_empty() {
-            return Err(QueryError::SecretCatalog(format!(
+            return Err(AttemptError::Refused(QueryError::SecretCatalog(format!(
                 "the test endpoint refuses to run as {source}'s user \"{user}\", which can read {}: those catalogs hold password hashes and foreign-server credentials. Use a login without pg_read_all_data, e.g. CREATE ROLE dbguard_ro LOGIN PASSWORD '…' IN ROLE pg_monitor, plus GRANT USAGE ON SCHEMA app TO dbguard_ro and GRANT SELECT ON ALL TABLES IN SCHEMA app TO dbguard_ro",
                 secrets.join(", ")
-            )));
+            ))));
         }
         if superuser || program || files {
             let what = if superuser {
@@ -95,11 +96,11 @@ impl ReadOnlyQuery {
                 "may run server programs or write server files (pg_execute_server_program / pg_write_server_files)"
                     .to_owned()
             };
-            return Err(QueryError::Forbidden(format!(
+            return Err(AttemptError::Refused(QueryError::Forbidden(format!(
                 "the test endpoint refuses to run as {source}'s user \"{user}\", which {what}: a read-only transaction does not stop such a login from running programs or changing roles. Configure DB_TEST_URL with a least-privilege login, e.g. CREATE ROLE dbguard_ro LOGIN PASSWORD '…' IN ROLE pg_monitor, plus SELECT granted on the application's schemas"
-            )));
+            ))));
         }
-        conn.execute("BEGIN READ ONLY").await.map_err(|err| self.pg_error(&err))?;
+        conn.execute("BEGIN READ ONLY").await.map_err(|err| self.pg_error(err))?;
         let timeout_ms = limits.timeout.as_millis().to_string();
         sqlx::query(
             "SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $1, true), \
@@ -108,7 +109,7 @@ impl ReadOnlyQuery {
         .bind(&timeout_ms)
         .execute(&mut *conn)
         .await
-        .map_err(|err| self.pg_error(&err))?;
+        .map_err(|err| self.pg_error(err))?;
 
         let mut args = PgArguments::default();
         for param in &request.params {
@@ -124,7 +125,7 @@ impl ReadOnlyQuery {
             // and its parameters are bound, never spliced.
             let sql = sqlx::AssertSqlSafe(request.query.clone());
             let mut stream = sqlx::query_with(sql, args).persistent(false).fetch(&mut *conn);
-            while let Some(row) = stream.try_next().await.map_err(|err| self.pg_error(&err))? {
+            while let Some(row) = stream.try_next().await.map_err(|err| self.pg_error(err))? {
                 if rows.len() == max {
                     truncated = true;
                     break;
@@ -143,9 +144,12 @@ impl ReadOnlyQuery {
         Ok((columns, rows, truncated))
     }
 
-    fn pg_error(&self, err: &sqlx::Error) -> QueryError {
+    /// The failure as the caller sees it. A server that cannot be reached or will not serve
+    /// this login or database (08, 53, 57P, 28, 3D000, I/O) is [`AttemptError::Unreachable`],
+    /// for the retry policy to judge by its class; everything else is refused for good.
+    fn pg_error(&self, err: sqlx::Error) -> AttemptError {
         let text = self.redactor.scrub(&err.to_string());
-        match err {
+        let refused = match &err {
             sqlx::Error::Database(db) => {
                 let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
                 let message = format!("{} (SQLSTATE {code})", self.redactor.scrub(db.message()));
@@ -158,20 +162,27 @@ impl ReadOnlyQuery {
                         QueryError::Invalid(format!("one statement only: {message}"))
                     }
                     c if c.starts_with("08") || c.starts_with("53") || c.starts_with("57P") => {
-                        QueryError::Unavailable(message)
+                        return AttemptError::Unreachable { error: err, message };
                     }
-                    "28000" | "28P01" => QueryError::Unavailable(format!("cannot log in: {message}")),
+                    "28000" | "28P01" => {
+                        return AttemptError::Unreachable { error: err, message: format!("cannot log in: {message}") };
+                    }
+                    "3D000" => {
+                        let message = format!("the database does not exist: {message}");
+                        return AttemptError::Unreachable { error: err, message };
+                    }
                     _ => QueryError::Invalid(message),
                 }
             }
             sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) | sqlx::Error::PoolTimedOut => {
-                QueryError::Unavailable(format!("cannot reach the database: {text}"))
+                return AttemptError::Unreachable { error: err, message: format!("cannot reach the database: {text}") };
             }
             sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::Encode(_) => {
                 QueryError::Invalid(text)
             }
-            _ => QueryError::Unavailable(text),
-        }
+            _ => return AttemptError::Unreachable { error: err, message: text },
+        };
+        AttemptError::Refused(refused)
     }
 }
 

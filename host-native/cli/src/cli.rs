@@ -302,13 +302,13 @@ async fn check(config: DbConfig, _force: bool, json: bool) -> ExitCode {
         }
     } else {
         let version = report.version.as_deref().unwrap_or("version unknown");
-        println!(
-            "{}: {} ({}, {version}, {:.1} ms)",
-            status_word(report.status),
-            report.message,
-            report.database_type,
-            report.response_time_ms
-        );
+        // A report that is not healthy already leads with its status ("unhealthy: …").
+        let word = status_word(report.status);
+        let summary = match report.message.strip_prefix(word) {
+            Some(rest) if rest.starts_with(": ") => report.message.clone(),
+            _ => format!("{word}: {}", report.message),
+        };
+        println!("{summary} ({}, {version}, {:.1} ms)", report.database_type, report.response_time_ms);
     }
     manager.close().await;
     ExitCode::from(report.status.exit_code())

@@ -53,6 +53,21 @@ async fn check_exits_1_when_the_database_is_degraded() {
     assert!(stdout(&plain).starts_with("degraded: "), "{}", stdout(&plain));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_a_database_that_does_not_exist() {
+    let Some(db) = TestDb::create_or_skip("check_names_a_missing_database").await else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The server answers, but the database the URL names is not there (SQLSTATE 3D000).
+    let missing = dbguard_tests::with_database(db.url(), &format!("{}_missing", db.name()));
+    let vars = [("DATABASE_URL", missing.as_str()), ("DB_ECHO", "false")];
+    let output = dbguard(dir.path(), &["check", "--json"], &vars);
+    assert_eq!(output.status.code(), Some(2), "stdout: {} stderr: {}", stdout(&output), stderr(&output));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    assert_eq!(report["status"], "unhealthy", "{report:#}");
+    let message = report["message"].as_str().unwrap_or_default();
+    assert!(message.contains("database_missing") && message.contains("does not exist"), "{report:#}");
+}
+
 #[test]
 fn info_prints_the_connection_without_the_password() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -37,7 +37,7 @@ pub enum GiveUpReason {
     #[error("{0} may have taken effect and the operation is not idempotent")]
     UnsafeToRepeat(ErrorClass),
     /// The policy's retry count is used up.
-    #[error("gave up after {attempts} attempts ({0} retries)", attempts = .0.saturating_add(1))]
+    #[error("gave up after {attempts} attempts", attempts = .0.saturating_add(1))]
     RetriesExhausted(u32),
     /// The next retry would start after the policy's total time budget.
     #[error("the retry time budget is used up")]

@@ -352,7 +352,17 @@ async fn observe_postgres(
 ) -> (Option<String>, PostgresObservations, Failure) {
     let backend = db.get_database_backend();
     let deadline = tokio::time::Instant::now() + thresholds.timeout;
-    let round_trip = timed(thresholds.timeout, db.execute_unprepared("SELECT 1")).await;
+    // With no connection open, the pool would spend the whole probe timeout in its own connect
+    // backoff against a server that refuses at once (a closed port, a wrong password, a
+    // missing database), and report only a timeout: ask the server directly first.
+    if let Ok(Some((refused, cause))) = tokio::time::timeout(thresholds.timeout, inner.refusal_while_pool_empty()).await
+    {
+        let class = refused.class;
+        let round_trip = RoundTrip::Failed(format!("{class}: {cause}"));
+        return (None, PostgresObservations { round_trip, in_recovery: None, read_only: None }, Some(class));
+    }
+    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(1));
+    let round_trip = timed(remaining, db.execute_unprepared("SELECT 1")).await;
     let elapsed = match round_trip {
         Ok((_, elapsed)) => elapsed,
         Err(outcome) => {

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use dbguard_core::{
-    Admission, BreakerState, CallGuard, ConnectionInfo, DatabaseStatus, DbConfig, ErrorClass, HealthReport,
-    Idempotency, Instant, PluginStatus, PoolStatus, RetryBudget, Transition,
+    Admission, BreakerState, CallGuard, ConnectionInfo, DatabaseStatus, DbConfig, Decision, ErrorClass, GiveUpReason,
+    HealthReport, Idempotency, Instant, PluginStatus, PoolStatus, RetryBudget, RetryState, SeededRng, Transition,
 };
 use sea_orm::DatabaseConnection;
 
@@ -185,18 +185,24 @@ impl Inner {
         if classified.class != ErrorClass::PoolExhausted {
             return (classified, None);
         }
+        match self.refusal_while_pool_empty().await {
+            Some((refused, cause)) => (refused, Some(cause)),
+            None => (classified, None),
+        }
+    }
+
+    /// When the pool has no connection open at all, why the server refuses a direct connect:
+    /// its class and cause (scrubbed). `None` when the pool has connections or the server
+    /// accepts one. The shared probe: a storm of callers makes one direct connect, not one each.
+    pub(crate) async fn refusal_while_pool_empty(&self) -> Option<(Classified, String)> {
         let slot = self.pool.load_full();
         let status = pool::status(&slot.db, &self.config);
         if status.checked_in + status.checked_out > 0 {
-            return (classified, None);
+            return None;
         }
-        // The shared probe: a storm of acquire timeouts makes one direct connect, not one each.
         match self.reachability.check(&self.config, slot.server, &self.clock).await {
-            Ok(()) => (classified, None),
-            Err(unreachable) => {
-                let cause = self.redactor.scrub(&unreachable.cause());
-                (unreachable.classified, Some(cause))
-            }
+            Ok(()) => None,
+            Err(unreachable) => Some((unreachable.classified.clone(), self.redactor.scrub(&unreachable.cause()))),
         }
     }
 }
@@ -409,6 +415,10 @@ impl DbManager {
     /// Builds a new pool, swaps it in atomically, and closes the old one once in-flight work on
     /// it has finished. Concurrent requests collapse into one rebuild and share its outcome.
     /// Returns the health after the rebuild.
+    ///
+    /// A server that cannot be reached is tried again on the configured retry schedule; the
+    /// circuit breaker does not hold a reconnect back (rebuilding is how an operator answers an
+    /// open breaker), and the error reports the retries made.
     pub async fn reconnect(&self) -> Result<Arc<HealthReport>, crate::DbError> {
         let generation_seen = self.inner.generation();
         let _rebuilding = self.inner.reconnect_lock.lock().await;
@@ -416,8 +426,38 @@ impl DbManager {
             // Another caller rebuilt the pool while we waited: share its result.
             return Ok(self.check_health(false).await);
         }
-        self.rebuild_locked(Rebuild::Always).await?;
-        Ok(self.check_health(true).await)
+        let mut schedule =
+            RetryState::with_rng(self.config().retry, Idempotency::Idempotent, SeededRng::new(self.inner.next_seed()));
+        loop {
+            let (classified, message) = match self.rebuild_locked(Rebuild::Always).await {
+                Ok(()) => return Ok(self.check_health(true).await),
+                Err(failed) => failed,
+            };
+            let now = self.inner.clock.now();
+            match schedule.on_failure(now, classified.class) {
+                Decision::RetryAt(deadline) => {
+                    tracing::warn!(
+                        class = classified.class.as_str(),
+                        attempt = schedule.retries(),
+                        delay_ms = deadline.saturating_duration_since(now).as_millis() as u64,
+                        "reconnect failed; retrying"
+                    );
+                    self.inner.clock.sleep_until(deadline).await;
+                }
+                Decision::GiveUp(reason) => {
+                    let message = match reason {
+                        GiveUpReason::RetriesExhausted(_) => format!("{message} ({reason})"),
+                        _ => message,
+                    };
+                    return Err(crate::DbError::with_message(
+                        classified.class,
+                        message,
+                        schedule.retries(),
+                        Some(crate::clock::rfc3339_now()),
+                    ));
+                }
+            }
+        }
     }
 
     /// After a call on pool `failed_generation` failed in a way that suggests its server is
@@ -444,7 +484,7 @@ impl DbManager {
     /// Chooses the server now and, unless `when` says the current pool's server is still the
     /// one, builds a new pool on it, swaps it in atomically, and closes the old one once
     /// in-flight work on it has finished. The caller holds `reconnect_lock`.
-    async fn rebuild_locked(&self, when: Rebuild) -> Result<(), crate::DbError> {
+    async fn rebuild_locked(&self, when: Rebuild) -> Result<(), (Classified, String)> {
         self.inner.rebuild_attempts.fetch_add(1, Ordering::AcqRel);
         let span = tracing::info_span!("reconnect", target = %target_of(&self.inner.config));
         let _entered = span.enter();
@@ -464,12 +504,7 @@ impl DbManager {
                 self.inner.stats.on_reconnect(false);
                 let message = format!("reconnect failed: {}", self.inner.redactor.scrub(&cause));
                 tracing::warn!(class = classified.class.as_str(), %message);
-                return Err(crate::DbError::with_message(
-                    classified.class,
-                    message,
-                    0,
-                    Some(crate::clock::rfc3339_now()),
-                ));
+                return Err((classified, message));
             }
         };
         let generation = self.install_pool(db, server);

@@ -53,19 +53,33 @@ async fn check_exits_1_when_the_database_is_degraded() {
     assert!(stdout(&plain).starts_with("degraded: "), "{}", stdout(&plain));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn check_names_a_database_that_does_not_exist() {
-    let Some(db) = TestDb::create_or_skip("check_names_a_missing_database").await else { return };
+/// Runs `dbguard check --json` on `database_url`, asserts that it exits 2 with an unhealthy
+/// report, and returns the report's message.
+fn unhealthy_check_message(database_url: &str) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
-    // The server answers, but the database the URL names is not there (SQLSTATE 3D000).
-    let missing = dbguard_tests::with_database(db.url(), &format!("{}_missing", db.name()));
-    let vars = [("DATABASE_URL", missing.as_str()), ("DB_ECHO", "false")];
+    let vars = [("DATABASE_URL", database_url), ("DB_ECHO", "false")];
     let output = dbguard(dir.path(), &["check", "--json"], &vars);
     assert_eq!(output.status.code(), Some(2), "stdout: {} stderr: {}", stdout(&output), stderr(&output));
     let report: Value = serde_json::from_slice(&output.stdout).expect("JSON report");
     assert_eq!(report["status"], "unhealthy", "{report:#}");
-    let message = report["message"].as_str().unwrap_or_default();
-    assert!(message.contains("database_missing") && message.contains("does not exist"), "{report:#}");
+    report["message"].as_str().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn check_names_a_refused_connection_instead_of_a_timeout() {
+    // Nothing listens there: every connect is refused at once. The pool alone would retry
+    // until the probe timed out and say only "timed out after 5000 ms".
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let message = unhealthy_check_message(&format!("postgres://postgres@127.0.0.1:{closed_port}/app"));
+    assert!(message.contains("connection_refused") && !message.contains("timed out"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_a_database_that_does_not_exist() {
+    let Some(db) = TestDb::create_or_skip("check_names_a_missing_database").await else { return };
+    // The server answers, but the database the URL names is not there (SQLSTATE 3D000).
+    let message = unhealthy_check_message(&dbguard_tests::with_database(db.url(), &format!("{}_missing", db.name())));
+    assert!(message.contains("database_missing") && message.contains("does not exist"), "{message}");
 }
 
 #[test]

@@ -821,6 +821,23 @@ fn cases(server: &Server) -> Vec<Case> {
             raw_get("/api/database/%2e%2e/database/info", &format!("Authorization: Bearer {admin}\r\n")),
             not_found(),
         ),
+        // Headers past the limits: the envelope, not the parser's bare status line.
+        raw(
+            "150 header fields",
+            raw_get(
+                "/api/database/info",
+                &format!("Authorization: Bearer {admin}\r\n{}", "X-Filler: 1\r\n".repeat(150)),
+            ),
+            Error(431, "headers_too_large", "header fields"),
+        ),
+        raw(
+            "a 40 KiB header",
+            raw_get(
+                "/api/database/info",
+                &format!("Authorization: Bearer {admin}\r\nX-Filler: {}\r\n", "f".repeat(40 * 1024)),
+            ),
+            Error(431, "headers_too_large", "bytes of headers"),
+        ),
         // Query strings.
         client("force=1", get.clone(), "/api/database/health?force=1", Auth::Reader, Body::None, bad_query_string()),
         client(

@@ -61,6 +61,7 @@ impl ApiError {
             408 => ("request_timeout", "the request took too long and was abandoned"),
             413 => ("payload_too_large", "the request body is too large"),
             415 => ("unsupported_media_type", "send the body as application/json"),
+            431 => ("headers_too_large", "the request headers are too large"),
             429 => ("too_many_requests", "too many requests"),
             503 => ("unavailable", "the service is unavailable"),
             504 => ("timeout", "the database did not answer in time"),

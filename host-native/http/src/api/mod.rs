@@ -68,6 +68,13 @@ use dbguard::DbManager;
 /// Largest request body accepted (larger → 413).
 pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
 
+/// The most header fields a request may carry (more → 431 with the error envelope).
+pub const MAX_HEADER_FIELDS: usize = 100;
+
+/// The most bytes of header names and values a request may carry (more → 431 with the error
+/// envelope).
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
 /// Time a request may take end to end (longer → 408). Above the test query's 10 s cap.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -331,6 +338,23 @@ async fn ensure_envelope(response: Response) -> Response {
     replaced
 }
 
+/// Refuses requests past [`MAX_HEADER_FIELDS`] or [`MAX_HEADER_BYTES`] with 431 and the error
+/// envelope. HTTP/1 parsing itself answers only past far larger bounds (see `serve`), and then
+/// with a bare status line, because hyper writes its own parse errors without a body.
+async fn limit_headers(request: Request<Body>, next: axum::middleware::Next) -> Response {
+    let headers = request.headers();
+    let bytes: usize = headers.iter().map(|(name, value)| name.as_str().len() + value.len()).sum();
+    if headers.len() > MAX_HEADER_FIELDS || bytes > MAX_HEADER_BYTES {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("send at most {MAX_HEADER_FIELDS} header fields and {MAX_HEADER_BYTES} bytes of headers"),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
 fn make_span(request: &Request<Body>) -> tracing::Span {
     let request_id =
         request.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok()).unwrap_or("-");
@@ -364,6 +388,7 @@ pub fn router(state: AppState) -> Router {
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT_BYTES))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
         .layer(PropagateRequestIdLayer::new(header::HeaderName::from_static(REQUEST_ID_HEADER)))
+        .layer(axum::middleware::from_fn(limit_headers))
         .layer(TraceLayer::new_for_http().make_span_with(make_span))
         .layer(SetRequestIdLayer::new(header::HeaderName::from_static(REQUEST_ID_HEADER), MakeRequestUuid))
         .layer(axum::middleware::map_response(ensure_envelope))

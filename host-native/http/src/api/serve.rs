@@ -3,7 +3,11 @@
 use std::future::Future;
 use std::time::Duration;
 
-use super::{AppState, HEADER_READ_TIMEOUT, SHUTDOWN_DRAIN_LIMIT, router};
+use super::{AppState, HEADER_READ_TIMEOUT, MAX_HEADER_FIELDS, SHUTDOWN_DRAIN_LIMIT, router};
+
+/// Header fields HTTP/1 parsing accepts before it answers a bare 431 itself: well above
+/// [`MAX_HEADER_FIELDS`], so that the router's own check answers first, with the envelope.
+const PARSER_MAX_HEADER_FIELDS: usize = 5 * MAX_HEADER_FIELDS;
 
 /// Bounds on what a client can hold open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +50,7 @@ pub async fn serve_with_limits(
     let app = router(state);
     let mut http = hyper::server::conn::http1::Builder::new();
     // Without a timer hyper cannot time anything, and its header timeout stays off.
-    http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).max_headers(PARSER_MAX_HEADER_FIELDS);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {

@@ -150,5 +150,6 @@ fn production_output_is_json_lines() {
     let request_id = refusal["span"]["request_id"].as_str().unwrap_or_default();
     assert!(!request_id.is_empty() && request_id != "-", "the refusal carries its request id: {refusal}");
     assert_eq!(refusal["span"]["path"], "/api/database/health", "{refusal}");
+    assert_eq!(refusal["span"]["route"], "/api/database/health", "{refusal}");
     assert!(events.iter().any(|event| event["fields"]["message"] == "shut down cleanly"), "{seen:#?}");
 }

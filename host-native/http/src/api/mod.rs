@@ -42,7 +42,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{MatchedPath, State};
 use axum::http::{HeaderValue, Request, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -358,9 +358,12 @@ async fn limit_headers(request: Request<Body>, next: axum::middleware::Next) -> 
 fn make_span(request: &Request<Body>) -> tracing::Span {
     let request_id =
         request.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok()).unwrap_or("-");
+    // The route's template, not the raw path: a bounded set of values to group logs by.
+    let route = request.extensions().get::<MatchedPath>().map_or("-", MatchedPath::as_str);
     tracing::info_span!(
         "http",
         method = %request.method(),
+        route,
         path = %request.uri().path(),
         request_id = %request_id,
     )

@@ -13,6 +13,7 @@ use crate::retry::BreakerState;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SuccessEnvelope<T> {
     /// Always `true`.
+    #[schemars(extend("const" = true))]
     pub success: bool,
     /// The payload.
     pub data: T,
@@ -29,6 +30,7 @@ impl<T> SuccessEnvelope<T> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorBody {
     /// Always `false`.
+    #[schemars(extend("const" = false))]
     pub success: bool,
     /// A stable machine-readable code (`unauthorized`, `invalid_request`, an error class, …).
     pub error: String,

@@ -130,12 +130,13 @@ async fn token_mints_a_token_the_api_accepts_for_its_scope() {
     assert!(stderr(&without_secret).contains("JWT_SECRET"), "{}", stderr(&without_secret));
 }
 
-/// The files of `dir` by name.
+/// The files of `dir` by name (not its subdirectories, such as `schemas/clients`).
 fn files_in(dir: &Path) -> BTreeMap<String, String> {
     std::fs::read_dir(dir)
         .expect("read directory")
-        .map(|entry| {
-            let path = entry.expect("entry").path();
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.is_file())
+        .map(|path| {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
             (name, std::fs::read_to_string(&path).expect("read file"))
         })

@@ -60,12 +60,14 @@ pub fn document() -> Value {
     let shared = |name: &str| json!({ "$ref": format!("{RESPONSES}{name}") });
     // What every route can answer, from the layers in front of all of them: a method it does
     // not list, a request past the timeout, a Content-Length over the body limit (checked
-    // before routing, so also on GET), and anything else (404 on a path not listed, 500).
+    // before routing, so also on GET), headers past their limits, and anything else (404 on a
+    // path not listed, 500).
     let common = |mut responses: Value| {
         if let Some(map) = responses.as_object_mut() {
             map.insert("405".into(), shared("MethodNotAllowed"));
             map.insert("408".into(), shared("RequestTimeout"));
             map.insert("413".into(), shared("PayloadTooLarge"));
+            map.insert("431".into(), shared("HeadersTooLarge"));
             map.insert("default".into(), shared("Error"));
         }
         responses
@@ -105,6 +107,7 @@ pub fn document() -> Value {
                 "MethodNotAllowed": err("the path does not take this method (`method_not_allowed`): every path answers 405 to the methods it does not list"),
                 "RequestTimeout": err(&format!("the request took longer than the request timeout ({timeout_s} s by default) and was abandoned (`request_timeout`)")),
                 "PayloadTooLarge": err(&format!("the request declares a body larger than {limit_kib} KiB (`payload_too_large`)")),
+                "HeadersTooLarge": err(&format!("more than {} header fields or {} KiB of headers (`headers_too_large`)", super::MAX_HEADER_FIELDS, super::MAX_HEADER_BYTES / 1024)),
                 "Error": err("any other error, in the same body: 404 `not_found` for a path this document does not list, 500 `internal_error`")
             },
             "securitySchemes": {

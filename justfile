@@ -120,3 +120,7 @@ bench:
         echo "it is in \`BENCHMARKS-NOTES.md\`, each entry with the date and commit it describes."
     } > BENCHMARKS.md
     echo "wrote BENCHMARKS.md"
+
+# Time `dbguard wasi run` cold and warm (the compile cache), release binary; on a quiet machine.
+wasi-run-timing runs="10":
+    host-native/cli/wasi-run-timing.sh {{runs}}

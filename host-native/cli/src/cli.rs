@@ -84,6 +84,10 @@ enum WasiCommand {
     ///
     /// DATABASE_URL and the DBGUARD_ENV / DB_* settings (from the environment and .env) are
     /// passed in, the URL rewritten to the database's path inside the sandbox (/db/…).
+    ///
+    /// Compiled modules are cached in DBGUARD_WASI_CACHE_DIR (default
+    /// $XDG_CACHE_HOME/dbguard/wasi, else ~/.cache/dbguard/wasi), so later runs of the same
+    /// module start without compiling; DBGUARD_WASI_CACHE=off turns the cache off.
     Run {
         /// The module (.wasm).
         file: PathBuf,
@@ -389,11 +393,18 @@ fn wasi(command: WasiCommand) -> ExitCode {
     let WasiCommand::Run { file, db_dir, writable, args } = command;
     // .env as for the other commands; having none is fine.
     let _ = dotenvy::dotenv();
+    let cache = match wasi_run::CompileCache::from_env() {
+        Ok(cache) => cache,
+        Err(err) => {
+            eprintln!("dbguard: configuration error: {err}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let env = wasi_run::forwarded_env(std::env::vars());
     let options = wasi_run::WasiRunOptions { db_dir, writable, env, ..wasi_run::WasiRunOptions::default() };
-    match wasi_run::run_wasi_module(&file, &args, options) {
+    match wasi_run::run_wasi_module_cached(&file, &args, options, &cache) {
         // An exit status beyond 0..=255 cannot be passed on as it is; it still means failure.
-        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Ok(output) => ExitCode::from(u8::try_from(output.exit_code).unwrap_or(1)),
         Err(err) => {
             eprintln!("dbguard: {err}");
             ExitCode::from(err.exit_code())

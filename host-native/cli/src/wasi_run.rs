@@ -19,19 +19,28 @@
 //! ```
 //!
 //! Modules are compiled with Cranelift from their bytes (never loaded precompiled, which would
-//! need `unsafe`); a compiled module is kept for the life of the process, keyed by path, size
-//! and modification time, so running the same file again skips compilation.
+//! need `unsafe`). Compiling the WASI host takes over a second, so compiled code is reused twice
+//! over: within a process, keyed by path, size and modification time; and across processes
+//! through wasmtime's compilation cache when a [`CompileCache::Dir`] is given (the `dbguard`
+//! command takes it from [`CompileCache::from_env`]). wasmtime keys a cache entry by the
+//! module's bytes and the engine's compiler settings and version, so a changed module or
+//! another wasmtime compiles afresh instead of loading stale code. A cache that cannot be
+//! created or written never fails a run: the module is compiled without it, and a warning says
+//! so once per process.
 //!
 //! The call blocks: the guest runs on a thread of its own, so calling this from inside an async
 //! runtime is safe but holds that worker until the guest exits — use `spawn_blocking` there.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::SystemTime;
 
-use wasmtime::{Config, Engine, Linker, Module, Store, Trap};
+use dbguard_core::ConfigError;
+use wasmtime::{Cache, CacheConfig, Config, Engine, Linker, Module, Store, Trap};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
@@ -41,6 +50,81 @@ pub const GUEST_DB_DIR: &str = "/db";
 
 /// The most a captured stream may hold; a guest writing more traps.
 pub const CAPTURE_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Turns the compile cache of `dbguard wasi run` on (`on`, the default) or off (`off`).
+pub const CACHE_VAR: &str = "DBGUARD_WASI_CACHE";
+/// The compile cache's directory (absolute); by default `$XDG_CACHE_HOME/dbguard/wasi`, else
+/// `$HOME/.cache/dbguard/wasi`.
+pub const CACHE_DIR_VAR: &str = "DBGUARD_WASI_CACHE_DIR";
+
+/// Whether compiled modules outlive the process, and where they are kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub enum CompileCache {
+    /// Every process compiles the module again (the library's default: a caller opts in).
+    #[default]
+    Off,
+    /// wasmtime's compilation cache in this directory, created if missing.
+    Dir(PathBuf),
+    /// Asked for, but no directory could be chosen (neither variable nor a home directory):
+    /// the module is compiled without a cache and a warning gives the reason.
+    Unavailable(String),
+}
+
+impl CompileCache {
+    /// Reads [`CACHE_VAR`] and [`CACHE_DIR_VAR`] (falling back to `XDG_CACHE_HOME` and `HOME`)
+    /// from the process environment. See [`from_lookup`](Self::from_lookup).
+    ///
+    /// # Errors
+    /// As [`from_lookup`](Self::from_lookup).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var_os(name))
+    }
+
+    /// The setting `lookup` describes, chosen like other tools choose their cache: `off` in
+    /// [`CACHE_VAR`] turns it off; otherwise [`CACHE_DIR_VAR`], else `$XDG_CACHE_HOME/dbguard/wasi`,
+    /// else `$HOME/.cache/dbguard/wasi`. As the XDG base directory specification says, an empty
+    /// or relative `XDG_CACHE_HOME` is ignored.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the variable when [`CACHE_VAR`] is neither `on` nor
+    /// `off`, or [`CACHE_DIR_VAR`] is empty or not an absolute path.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<OsString>) -> Result<Self, ConfigError> {
+        if let Some(raw) = lookup(CACHE_VAR) {
+            match raw.to_string_lossy().trim().to_ascii_lowercase().as_str() {
+                "on" => {}
+                "off" => return Ok(Self::Off),
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        variable: CACHE_VAR,
+                        value: raw.to_string_lossy().into_owned(),
+                        expected: "on or off".to_owned(),
+                    });
+                }
+            }
+        }
+        if let Some(raw) = lookup(CACHE_DIR_VAR) {
+            let dir = PathBuf::from(&raw);
+            // The cache must not move with the working directory, and wasmtime refuses a
+            // relative one.
+            if !dir.is_absolute() {
+                return Err(ConfigError::Invalid {
+                    variable: CACHE_DIR_VAR,
+                    value: raw.to_string_lossy().into_owned(),
+                    expected: format!("an absolute directory path (to turn the cache off, set {CACHE_VAR}=off)"),
+                });
+            }
+            return Ok(Self::Dir(dir));
+        }
+        let absolute = |name: &str| lookup(name).map(PathBuf::from).filter(|path| path.is_absolute());
+        if let Some(xdg) = absolute("XDG_CACHE_HOME") {
+            return Ok(Self::Dir(xdg.join("dbguard").join("wasi")));
+        }
+        if let Some(home) = absolute("HOME") {
+            return Ok(Self::Dir(home.join(".cache").join("dbguard").join("wasi")));
+        }
+        Ok(Self::Unavailable(format!("no cache directory: set {CACHE_DIR_VAR}, XDG_CACHE_HOME or HOME")))
+    }
+}
 
 /// Where a guest's standard output or error goes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -203,15 +287,36 @@ pub fn run_wasi_module(path: impl AsRef<Path>, args: &[String], options: WasiRun
 }
 
 /// Runs the WASI command at `path` with `args` and returns its exit code and the output that
-/// [`WasiRunOptions::stdout`] / [`WasiRunOptions::stderr`] asked to capture.
+/// [`WasiRunOptions::stdout`] / [`WasiRunOptions::stderr`] asked to capture. Compiled code is
+/// reused within the process only; see [`run_wasi_module_cached`] to keep it on disk.
 pub fn run_wasi_module_with_output(
     path: impl AsRef<Path>,
     args: &[String],
     options: WasiRunOptions,
 ) -> Result<WasiRunOutput, WasiRunError> {
+    run_wasi_module_cached(path, args, options, &CompileCache::Off)
+}
+
+/// Like [`run_wasi_module_with_output`], with the module's compiled code taken from and stored
+/// in `cache`, so that the next process running the same module skips compilation.
+///
+/// ```no_run
+/// use dbguard_cli::wasi_run::{CompileCache, WasiRunOptions, run_wasi_module_cached};
+///
+/// let cache = CompileCache::from_env()?;
+/// let output = run_wasi_module_cached("dbguard-wasi.wasm", &["help".to_owned()], WasiRunOptions::default(), &cache)?;
+/// std::process::exit(output.exit_code);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn run_wasi_module_cached(
+    path: impl AsRef<Path>,
+    args: &[String],
+    options: WasiRunOptions,
+    cache: &CompileCache,
+) -> Result<WasiRunOutput, WasiRunError> {
     let path = path.as_ref().to_path_buf();
     let sandbox = Sandbox::plan(&options)?;
-    let module = load_module(&path)?;
+    let module = load_module(&path, cache)?;
     let program = path.file_name().map_or_else(|| "module.wasm".to_owned(), |name| name.to_string_lossy().into_owned());
     let mut argv = Vec::with_capacity(args.len() + 1);
     argv.push(program);
@@ -362,20 +467,78 @@ fn canonical_dir(dir: &Path) -> Result<PathBuf, WasiRunError> {
     }
 }
 
-/// The engine every module is compiled for: default Cranelift settings, synchronous calls.
-fn engine() -> Result<&'static Engine, WasiRunError> {
-    static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
-    ENGINE
-        .get_or_init(|| Engine::new(&Config::new()).map_err(|err| format!("{err:#}")))
-        .as_ref()
-        .map_err(|err| WasiRunError::Internal(format!("cannot create the engine: {err}")))
+/// An engine and the compilation cache it writes, if any. The [`Cache`] is a clone of the
+/// engine's and shares its hit and miss counters, which tell what a compilation did.
+#[derive(Clone)]
+struct Compiler {
+    engine: Engine,
+    cache: Option<(PathBuf, Cache)>,
+}
+
+/// The engine for modules under `setting`: default Cranelift settings, synchronous calls, one
+/// engine per setting for the life of the process (a cache's worker thread starts with it).
+fn compiler(setting: &CompileCache) -> Result<Compiler, WasiRunError> {
+    static COMPILERS: OnceLock<Mutex<HashMap<CompileCache, Compiler>>> = OnceLock::new();
+    let mut compilers = COMPILERS.get_or_init(Mutex::default).lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(compiler) = compilers.get(setting) {
+        return Ok(compiler.clone());
+    }
+    let cache = match setting {
+        CompileCache::Off => None,
+        CompileCache::Unavailable(reason) => {
+            warn_uncached(reason);
+            None
+        }
+        CompileCache::Dir(dir) => {
+            let mut config = CacheConfig::new();
+            config.with_directory(dir);
+            match Cache::new(config).map_err(|err| format!("{err:#}")).and_then(|cache| {
+                check_writable(dir)?;
+                Ok(cache)
+            }) {
+                Ok(cache) => Some((dir.clone(), cache)),
+                Err(reason) => {
+                    warn_uncached(&reason);
+                    None
+                }
+            }
+        }
+    };
+    let mut config = Config::new();
+    config.cache(cache.as_ref().map(|(_, cache)| cache.clone()));
+    let engine =
+        Engine::new(&config).map_err(|err| WasiRunError::Internal(format!("cannot create the engine: {err:#}")))?;
+    let compiler = Compiler { engine, cache };
+    compilers.insert(setting.clone(), compiler.clone());
+    Ok(compiler)
+}
+
+/// Checks that compiled code can be stored below `dir` (wasmtime writes to `dir/modules/`)
+/// before anything is compiled: wasmtime would only log a failed write, without a reason the
+/// user sees in one place.
+fn check_writable(dir: &Path) -> Result<(), String> {
+    let modules = dir.join("modules");
+    let probe = modules.join(format!(".dbguard-write-check-{}", std::process::id()));
+    std::fs::create_dir_all(&modules)
+        .and_then(|()| std::fs::write(&probe, b""))
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|err| format!("cannot write to {}: {err}", modules.display()))
+}
+
+/// Says that modules are compiled without the cache, the first time only: a run without it
+/// is slower, not wrong.
+fn warn_uncached(reason: &str) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!("compiling WebAssembly without the compile cache: {reason}");
+    }
 }
 
 /// Identifies one version of a module file.
 type ModuleKey = (PathBuf, u64, Option<SystemTime>);
 
 /// Reads and compiles the module, or takes it from the process-wide cache.
-fn load_module(path: &Path) -> Result<Module, WasiRunError> {
+fn load_module(path: &Path, setting: &CompileCache) -> Result<Module, WasiRunError> {
     static CACHE: OnceLock<Mutex<HashMap<ModuleKey, Module>>> = OnceLock::new();
     let metadata = match std::fs::metadata(path) {
         Ok(metadata) => metadata,
@@ -395,13 +558,32 @@ fn load_module(path: &Path) -> Result<Module, WasiRunError> {
     let bytes =
         std::fs::read(path).map_err(|source| WasiRunError::ModuleUnreadable { path: path.to_path_buf(), source })?;
     check_header(path, &bytes)?;
-    let module = Module::from_binary(engine()?, &bytes)
+    let compiler = compiler(setting)?;
+    let before = compiler.cache.as_ref().map(|(_, cache)| (cache.cache_hits(), cache.cache_misses()));
+    let module = Module::from_binary(&compiler.engine, &bytes)
         .map_err(|err| WasiRunError::NotWasm { path: path.to_path_buf(), reason: format!("{err:#}") })?;
+    if let (Some((dir, cache)), Some((hits, misses))) = (&compiler.cache, before) {
+        report_cache_use(path, dir, cache.cache_hits() > hits, cache.cache_misses() > misses);
+    }
     if let Ok(mut cache) = cache.lock() {
         cache.retain(|(cached, ..), _| cached != &key.0);
         cache.insert(key, module.clone());
     }
     Ok(module)
+}
+
+/// What the compile cache did for one module, from wasmtime's own counters: a hit counts when
+/// cached code was loaded, a miss when fresh code was stored; neither means it was compiled
+/// but could not be stored.
+fn report_cache_use(module: &Path, dir: &Path, hit: bool, stored: bool) {
+    let (module, cache) = (module.display(), dir.display());
+    if hit {
+        tracing::debug!(%module, %cache, "compile cache hit: compiled code loaded from the cache");
+    } else if stored {
+        tracing::debug!(%module, %cache, "compile cache miss: module compiled and stored in the cache");
+    } else {
+        warn_uncached(&format!("cannot write to {cache}"));
+    }
 }
 
 /// Rejects what is plainly not a core module before handing the bytes to the compiler.
@@ -531,6 +713,37 @@ mod tests {
         let err = Sandbox::plan(&options(&url, Some(&inside))).err();
         assert!(matches!(err, Some(WasiRunError::OutsideDbDir { .. })), "{err:?}");
         Ok(())
+    }
+
+    fn cache_from(vars: &[(&str, &str)]) -> Result<CompileCache, ConfigError> {
+        CompileCache::from_lookup(|name| {
+            vars.iter().find(|(var, _)| *var == name).map(|(_, value)| OsString::from(value))
+        })
+    }
+
+    #[test]
+    fn chooses_the_cache_directory_like_other_tools() {
+        let dir = |path: &str| Ok(CompileCache::Dir(PathBuf::from(path)));
+        let home = ("HOME", "/home/u");
+        assert_eq!(cache_from(&[home]), dir("/home/u/.cache/dbguard/wasi"));
+        assert_eq!(cache_from(&[home, ("XDG_CACHE_HOME", "/xdg")]), dir("/xdg/dbguard/wasi"));
+        // The XDG specification: a relative or empty value is ignored.
+        assert_eq!(cache_from(&[home, ("XDG_CACHE_HOME", "rel")]), dir("/home/u/.cache/dbguard/wasi"));
+        assert_eq!(cache_from(&[home, ("XDG_CACHE_HOME", "")]), dir("/home/u/.cache/dbguard/wasi"));
+        assert_eq!(cache_from(&[home, ("XDG_CACHE_HOME", "/xdg"), (CACHE_DIR_VAR, "/c")]), dir("/c"));
+        assert_eq!(cache_from(&[home, (CACHE_VAR, " ON ")]), dir("/home/u/.cache/dbguard/wasi"));
+        assert_eq!(cache_from(&[home, (CACHE_DIR_VAR, "/c"), (CACHE_VAR, "off")]), Ok(CompileCache::Off));
+        assert!(matches!(cache_from(&[]), Ok(CompileCache::Unavailable(reason)) if reason.contains(CACHE_DIR_VAR)));
+    }
+
+    #[test]
+    fn refuses_bad_cache_settings_by_name() {
+        for (variable, value) in [(CACHE_VAR, "yes"), (CACHE_VAR, ""), (CACHE_DIR_VAR, "cache"), (CACHE_DIR_VAR, "")] {
+            let err = cache_from(&[("HOME", "/home/u"), (variable, value)]).err();
+            assert_eq!(err.as_ref().map(ConfigError::variable), Some(variable), "{variable}={value:?}: {err:?}");
+            let message = err.map(|err| err.to_string()).unwrap_or_default();
+            assert!(message.starts_with(&format!("{variable}: {value:?} is not valid: expected ")), "{message}");
+        }
     }
 
     #[test]

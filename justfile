@@ -74,6 +74,7 @@ bench:
     cargo bench -p dbguard-tests --bench load
     cargo bench -p dbguard-tests --bench health_endpoint
     cargo bench -p dbguard-tests --bench recovery
+    host-native/cli/wasi-run-timing.sh 10 | tee "$report/wasi-run.txt"
     pg_url="${DBGUARD_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
     pg_version=$(psql "$pg_url" -Atc 'SELECT version()' 2>/dev/null || echo "see the load section")
     cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
@@ -115,6 +116,15 @@ bench:
         echo "(lifting and lowering the arguments), a fresh instance by instantiation, and loading by"
         echo "verification plus compilation (cached by content hash). The retry runner consults the policy"
         echo "only after a failed attempt, so none of these is on the path of a successful call."
+        echo
+        echo "## \`dbguard wasi run\` start-up (\`host-native/cli/wasi-run-timing.sh\`)"
+        echo
+        echo "Wall time of whole \`dbguard wasi run <dbguard-wasi.wasm> -- help\` processes, release binary:"
+        echo "without the compile cache, with an emptied cache (compile and store), and warm (loaded from it)."
+        echo
+        echo '```'
+        grep -E '^(off|cold|warm|cold / warm|module):' "$report/wasi-run.txt"
+        echo '```'
         echo
         echo "Analysis made by hand (profiles, re-measurements of single benches) is not part of this run:"
         echo "it is in \`BENCHMARKS-NOTES.md\`, each entry with the date and commit it describes."

@@ -8,8 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::os::unix::fs::MetadataExt;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
@@ -18,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection};
 
+use super::process::{ServerUser, children_of, free_port, is_alive, server_command, sigkill, tail};
 use super::require::skip;
 
 /// Bound on every wait for the server (start, stop, promote, process exit).
@@ -94,7 +94,7 @@ impl ClusterError {
         matches!(self, ClusterError::MissingBinaries(_) | ClusterError::NoServerUser(_))
     }
 
-    fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> Self {
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> Self {
         let what = what.into();
         move |source| ClusterError::Io { what, source }
     }
@@ -159,82 +159,10 @@ impl PgBinaries {
     }
 }
 
-/// Who runs the server: us, or (when we are root) the `postgres` user.
-#[derive(Debug, Clone, Copy)]
-struct ServerUser {
-    uid: u32,
-    gid: u32,
-}
-
-fn server_user() -> Result<Option<ServerUser>, ClusterError> {
-    let euid = std::fs::metadata("/proc/self").map(|m| m.uid()).map_err(ClusterError::io("reading /proc/self"))?;
-    if euid != 0 {
-        return Ok(None);
-    }
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let entry = passwd
-        .lines()
-        .map(|l| l.split(':').collect::<Vec<_>>())
-        .find(|f| f.first() == Some(&"postgres") && f.len() > 3)
-        .ok_or_else(|| ClusterError::NoServerUser("no `postgres` entry in /etc/passwd".into()))?;
-    let parse =
-        |s: &str| s.parse::<u32>().map_err(|_| ClusterError::NoServerUser(format!("bad id {s:?} in /etc/passwd")));
-    Ok(Some(ServerUser { uid: parse(entry[2])?, gid: parse(entry[3])? }))
-}
-
-/// A free TCP port on 127.0.0.1 (free when asked; the start retries if it is taken meanwhile).
-fn free_port() -> Result<u16, ClusterError> {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(ClusterError::io("finding a free port"))
-}
-
-/// The parent PID of a process and whether it is a zombie, from `/proc/<pid>/stat`.
-fn proc_stat(pid: u32) -> Option<(char, u32)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may contain spaces: parse after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid))
-}
-
-fn is_alive(pid: u32) -> bool {
-    // A zombie has exited; only its parent (which may never reap it in a container) keeps it.
-    matches!(proc_stat(pid), Some((state, _)) if state != 'Z' && state != 'X')
-}
-
 /// Whether process `pid` has `dir` on its command line (a postmaster started with `-D dir/..`).
 fn runs_in(pid: u32, dir: &Path) -> bool {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy())
-}
-
-/// A command sending SIGKILL to `pids`, through the shell's `kill` builtin so that it works
-/// without procps (no signal API is reachable from safe std).
-fn sigkill(pids: &[u32]) -> std::process::Command {
-    let mut cmd = std::process::Command::new("sh");
-    cmd.args(["-c", "kill -9 \"$@\"", "sh"]).args(pids.iter().map(u32::to_string));
-    cmd
-}
-
-fn children_of(parent: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| matches!(proc_stat(pid), Some((_, ppid)) if ppid == parent))
-        .collect()
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    let start = all.len().saturating_sub(lines);
-    format!("--- {} (last {lines} lines) ---\n{}", path.display(), all[start..].join("\n"))
 }
 
 /// A private PostgreSQL server (see the module docs). All methods take `&self`, so a cluster can
@@ -321,7 +249,7 @@ impl PgCluster {
     fn empty() -> Result<Self, ClusterError> {
         sweep_orphans();
         let bin = PgBinaries::locate()?;
-        let user = server_user()?;
+        let user = ServerUser::detect()?;
         let root = tempfile::Builder::new()
             .prefix("dbguard-pg-")
             .tempdir()
@@ -339,8 +267,7 @@ impl PgCluster {
         };
         if let Some(u) = user {
             for p in [cluster.root.path().to_owned(), cluster.socket_dir()] {
-                std::os::unix::fs::chown(&p, Some(u.uid), Some(u.gid))
-                    .map_err(ClusterError::io(format!("chown {} to postgres", p.display())))?;
+                u.chown(&p)?;
             }
         }
         Ok(cluster)
@@ -579,26 +506,14 @@ impl PgCluster {
         let path = self.data_dir().join(CONF_FILE);
         std::fs::write(&path, text).map_err(ClusterError::io(format!("writing {}", path.display())))?;
         if let Some(u) = self.user {
-            std::os::unix::fs::chown(&path, Some(u.uid), Some(u.gid))
-                .map_err(ClusterError::io(format!("chown {}", path.display())))?;
+            u.chown(&path)?;
         }
         Ok(())
     }
 
     /// A server program, run as the `postgres` user when we are root.
     fn command(&self, program: &str) -> tokio::process::Command {
-        let exe = self.bin.program(program);
-        let mut cmd = if self.user.is_some() {
-            let mut c = tokio::process::Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(exe);
-            c
-        } else {
-            tokio::process::Command::new(exe)
-        };
-        // The server user may not be allowed into the test's working directory.
-        cmd.current_dir(self.root.path());
-        cmd.env("LC_ALL", "C");
-        cmd
+        server_command(self.user, &self.bin.program(program), self.root.path()).into()
     }
 
     /// Runs a server command (bounded), folding the server log into its error.
@@ -645,16 +560,7 @@ impl PgCluster {
         let Some(pid) = self.postmaster_pid() else {
             return;
         };
-        let exe = self.bin.program("pg_ctl");
-        let mut cmd = if self.user.is_some() {
-            let mut c = std::process::Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(exe);
-            c
-        } else {
-            std::process::Command::new(exe)
-        };
-        let stopped = cmd
-            .current_dir(self.root.path())
+        let stopped = server_command(self.user, &self.bin.program("pg_ctl"), self.root.path())
             .arg("stop")
             .arg("-D")
             .arg(self.data_dir())

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection};
 
-use super::process::{ServerUser, children_of, free_port, is_alive, server_command, sigkill, tail};
+use super::process::{
+    ServerUser, children_of, free_port, is_alive, owned_tempdir, server_command, sigkill, sweep_orphans, tail,
+};
 use super::require::skip;
 
 /// Bound on every wait for the server (start, stop, promote, process exit).
@@ -159,12 +161,6 @@ impl PgBinaries {
     }
 }
 
-/// Whether process `pid` has `dir` on its command line (a postmaster started with `-D dir/..`).
-fn runs_in(pid: u32, dir: &Path) -> bool {
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy())
-}
-
 /// A private PostgreSQL server (see the module docs). All methods take `&self`, so a cluster can
 /// be shared (`Arc`) between a fault-injecting task and checkers; lifecycle operations are
 /// serialized internally.
@@ -247,15 +243,10 @@ impl PgCluster {
     }
 
     fn empty() -> Result<Self, ClusterError> {
-        sweep_orphans();
+        sweep_orphan_clusters();
         let bin = PgBinaries::locate()?;
         let user = ServerUser::detect()?;
-        let root = tempfile::Builder::new()
-            .prefix("dbguard-pg-")
-            .tempdir()
-            .map_err(ClusterError::io("creating a temporary directory"))?;
-        std::fs::write(root.path().join(OWNER_FILE), std::process::id().to_string())
-            .map_err(ClusterError::io("writing the owner file"))?;
+        let root = owned_tempdir(DIR_PREFIX)?;
         std::fs::create_dir(root.path().join("sock")).map_err(ClusterError::io("creating the socket directory"))?;
         let cluster = Self {
             root,
@@ -593,38 +584,12 @@ impl Drop for PgCluster {
 /// The included configuration file the harness owns inside the data directory.
 const CONF_FILE: &str = "dbguard_test.conf";
 
-/// File in each cluster's root naming the PID of the test process that owns it.
-const OWNER_FILE: &str = "owner.pid";
+/// Prefix of each cluster's temporary directory.
+const DIR_PREFIX: &str = "dbguard-pg-";
 
 /// Once per process, stops and removes clusters left behind by test processes that died
 /// without running `Drop` (killed, or aborted on a timeout).
-fn sweep_orphans() {
+fn sweep_orphan_clusters() {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let tmp = std::env::temp_dir();
-        let Ok(entries) = std::fs::read_dir(&tmp) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let is_ours = entry.file_name().to_str().is_some_and(|n| n.starts_with("dbguard-pg-"));
-            let owner = std::fs::read_to_string(path.join(OWNER_FILE)).ok().and_then(|s| s.trim().parse::<u32>().ok());
-            let Some(owner) = owner.filter(|_| is_ours) else {
-                continue;
-            };
-            if is_alive(owner) {
-                continue;
-            }
-            let pid = std::fs::read_to_string(path.join("data/postmaster.pid"))
-                .ok()
-                .and_then(|s| s.lines().next()?.trim().parse::<u32>().ok());
-            // The PID may have been reused since: only kill a postmaster of that very directory.
-            if let Some(pid) = pid.filter(|&p| is_alive(p) && runs_in(p, &path)) {
-                let mut victims = vec![pid];
-                victims.extend(children_of(pid));
-                let _ = sigkill(&victims).stderr(Stdio::null()).status();
-            }
-            let _ = std::fs::remove_dir_all(&path);
-        }
-    });
+    ONCE.call_once(|| sweep_orphans(DIR_PREFIX, "data/postmaster.pid"));
 }

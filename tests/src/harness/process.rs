@@ -4,6 +4,7 @@
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::process::Stdio;
 
 use super::cluster::ClusterError;
 
@@ -106,4 +107,55 @@ pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     let start = all.len().saturating_sub(lines);
     format!("--- {} (last {lines} lines) ---\n{}", path.display(), all[start..].join("\n"))
+}
+
+/// Whether process `pid` has `dir` on its command line (a server started with a path in `dir`).
+fn runs_in(pid: u32, dir: &Path) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy())
+}
+
+/// File in each server's temporary directory naming the PID of the test process that owns it.
+const OWNER_FILE: &str = "owner.pid";
+
+/// A new temporary directory `<prefix>...` holding an owner file with this process's PID, so
+/// that [`sweep_orphans`] in a later test process can tell when it is left behind.
+pub(crate) fn owned_tempdir(prefix: &str) -> Result<tempfile::TempDir, ClusterError> {
+    let root = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .map_err(ClusterError::io("creating a temporary directory"))?;
+    std::fs::write(root.path().join(OWNER_FILE), std::process::id().to_string())
+        .map_err(ClusterError::io("writing the owner file"))?;
+    Ok(root)
+}
+
+/// Stops and removes the directories `<prefix>...` of test processes that died without running
+/// `Drop` (killed, or aborted on a timeout): SIGKILLs the server whose PID is the first line of
+/// `pid_file` (relative to the directory) and its children, then removes the directory.
+pub(crate) fn sweep_orphans(prefix: &str, pid_file: &str) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_ours = entry.file_name().to_str().is_some_and(|n| n.starts_with(prefix));
+        let owner = std::fs::read_to_string(path.join(OWNER_FILE)).ok().and_then(|s| s.trim().parse::<u32>().ok());
+        let Some(owner) = owner.filter(|_| is_ours) else {
+            continue;
+        };
+        if is_alive(owner) {
+            continue;
+        }
+        let pid = std::fs::read_to_string(path.join(pid_file))
+            .ok()
+            .and_then(|s| s.lines().next()?.trim().parse::<u32>().ok());
+        // The PID may have been reused since: only kill a server of that very directory.
+        if let Some(pid) = pid.filter(|&p| is_alive(p) && runs_in(p, &path)) {
+            let mut victims = vec![pid];
+            victims.extend(children_of(pid));
+            let _ = sigkill(&victims).stderr(Stdio::null()).status();
+        }
+        let _ = std::fs::remove_dir_all(&path);
+    }
 }

@@ -6,6 +6,8 @@
 //!   `postgres://postgres@127.0.0.1:5432/postgres`), dropped on `Drop`; plus login roles.
 //! - [`PgCluster`]: a private server (initdb in a temp dir) for tests that stop, kill, restart,
 //!   starve (`max_connections`) or fail over a server. The shared server is never touched.
+//! - [`PgBouncer`]: Debian's PgBouncer in front of a server, in session or transaction pooling
+//!   mode with a chosen pool size, for running dbguard behind a pooler.
 //! - [`FaultProxy`]: a TCP proxy that adds latency, blackholes, refuses or resets connections.
 //! - [`Ledger`] and [`LedgerReport`]: the bookkeeping of write workloads under faults.
 //! - [`guest_plugin`]: the example and fixture plugins, built for `wasm32-wasip2` on first use.
@@ -36,5 +38,6 @@ pub use harness::database::{
 pub use harness::guest::guest_plugin;
 pub use harness::ledger::{APPEND_SQL, Ledger, LedgerAudit, LedgerKind, LedgerReport, Outcome, UPSERT_SQL, ledger_key};
 pub use harness::names::{host_port, redact_url, with_credentials, with_database, with_host_port};
+pub use harness::pgbouncer::{ADMIN_DB, PGBOUNCER_VAR, PgBouncer, PgBouncerOptions, PoolMode, locate_pgbouncer};
 pub use harness::proxy::{FaultProxy, ProxyMode, ProxyStats};
 pub use harness::require::{REQUIRE_ALL_VAR, require_all, skip};

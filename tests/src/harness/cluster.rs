@@ -49,7 +49,7 @@ impl StopMode {
     }
 }
 
-/// What went wrong managing a private cluster.
+/// What went wrong managing a private cluster (or a [`PgBouncer`](crate::PgBouncer)).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClusterError {
@@ -59,6 +59,9 @@ pub enum ClusterError {
     /// Running as root, but there is no `postgres` user (or no `runuser`) to run the server as.
     #[error("running as root but cannot run the server as user postgres: {0}")]
     NoServerUser(String),
+    /// The `pgbouncer` program is not installed.
+    #[error("pgbouncer not found: {0}")]
+    MissingPgBouncer(String),
     /// A file or process operation failed.
     #[error("{what}: {source}")]
     Io {
@@ -93,7 +96,10 @@ pub enum ClusterError {
 impl ClusterError {
     /// Whether this means a component is missing (skip) rather than a bug (fail).
     pub fn is_missing_component(&self) -> bool {
-        matches!(self, ClusterError::MissingBinaries(_) | ClusterError::NoServerUser(_))
+        matches!(
+            self,
+            ClusterError::MissingBinaries(_) | ClusterError::MissingPgBouncer(_) | ClusterError::NoServerUser(_)
+        )
     }
 
     pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> Self {

@@ -5,6 +5,7 @@ pub(crate) mod database;
 pub(crate) mod guest;
 pub(crate) mod ledger;
 pub(crate) mod names;
+pub(crate) mod pgbouncer;
 pub(crate) mod process;
 pub(crate) mod proxy;
 pub(crate) mod require;

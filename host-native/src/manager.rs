@@ -74,6 +74,10 @@ pub(crate) struct Inner {
     /// Rebuilds attempted (successful or not), so callers that saw a failure can tell whether a
     /// rebuild has been tried since.
     rebuild_attempts: AtomicU64,
+    /// The error of the last reconnect that gave up, with `rebuild_attempts` as it left it: a
+    /// reconnect that waited for that one shares its outcome instead of running its own
+    /// schedule against the same unreachable server.
+    last_reconnect_failure: Mutex<Option<(u64, crate::DbError)>>,
     seed: AtomicU64,
     last_connectivity_class: AtomicU8,
 }
@@ -337,6 +341,7 @@ impl DbManager {
             reconnect_lock: tokio::sync::Mutex::new(()),
             reachability: Reachability::default(),
             rebuild_attempts: AtomicU64::new(0),
+            last_reconnect_failure: Mutex::new(None),
             seed: AtomicU64::new(0x00DB_6A4D),
             last_connectivity_class: AtomicU8::new(0),
         };
@@ -421,10 +426,20 @@ impl DbManager {
     /// open breaker), and the error reports the retries made.
     pub async fn reconnect(&self) -> Result<Arc<HealthReport>, crate::DbError> {
         let generation_seen = self.inner.generation();
+        let attempts_seen = self.inner.rebuild_attempts.load(Ordering::Acquire);
         let _rebuilding = self.inner.reconnect_lock.lock().await;
         if self.inner.generation() != generation_seen {
             // Another caller rebuilt the pool while we waited: share its result.
             return Ok(self.check_health(false).await);
+        }
+        let attempts_now = self.inner.rebuild_attempts.load(Ordering::Acquire);
+        if attempts_now != attempts_seen
+            && let Some((stamp, error)) =
+                self.inner.last_reconnect_failure.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+            && *stamp == attempts_now
+        {
+            // Another caller's reconnect gave up while we waited: share its error.
+            return Err(error.clone());
         }
         let mut schedule =
             RetryState::with_rng(self.config().retry, Idempotency::Idempotent, SeededRng::new(self.inner.next_seed()));
@@ -449,12 +464,16 @@ impl DbManager {
                         GiveUpReason::RetriesExhausted(_) => format!("{message} ({reason})"),
                         _ => message,
                     };
-                    return Err(crate::DbError::with_message(
+                    let error = crate::DbError::with_message(
                         classified.class,
                         message,
                         schedule.retries(),
                         Some(crate::clock::rfc3339_now()),
-                    ));
+                    );
+                    let stamp = self.inner.rebuild_attempts.load(Ordering::Acquire);
+                    *self.inner.last_reconnect_failure.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some((stamp, error.clone()));
+                    return Err(error);
                 }
             }
         }

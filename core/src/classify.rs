@@ -80,11 +80,16 @@ pub enum ErrorClass {
     /// The database named in the URL does not exist on the server (3D000): the server answers,
     /// but nothing can be served until the database is created or the URL is fixed.
     DatabaseMissing,
+    /// A prepared statement was missing on the server connection (26000) or already defined
+    /// there (42P05). Behind a transaction pooler (PgBouncer's `pool_mode = transaction`) each
+    /// transaction may land on another server connection, so named statements do not carry
+    /// over: set `DB_STATEMENT_MODE=simple`. Nothing ran, but retrying would hide the setting.
+    PreparedStatementLost,
 }
 
 impl ErrorClass {
     /// Every class, in declaration order; for tables, metrics labels and plugin golden vectors.
-    pub const ALL: [ErrorClass; 28] = [
+    pub const ALL: [ErrorClass; 29] = [
         Self::ConnectionRefused,
         Self::ConnectionLost,
         Self::Timeout,
@@ -113,6 +118,7 @@ impl ErrorClass {
         Self::CommitOutcomeUnknown,
         Self::Unknown,
         Self::DatabaseMissing,
+        Self::PreparedStatementLost,
     ];
 
     /// Classifies a PostgreSQL SQLSTATE (five characters, case-insensitive).
@@ -145,6 +151,7 @@ impl ErrorClass {
             "25006" => Self::ReadOnlyServer,
             "42501" => Self::PermissionDenied,
             "3D000" => Self::DatabaseMissing,
+            "26000" | "42P05" => Self::PreparedStatementLost,
             _ => match &upper[..2] {
                 "08" => Self::ConnectionLost,
                 "28" => Self::Authentication,
@@ -364,6 +371,7 @@ impl ErrorClass {
             Self::CommitOutcomeUnknown => "commit_outcome_unknown",
             Self::Unknown => "unknown",
             Self::DatabaseMissing => "database_missing",
+            Self::PreparedStatementLost => "prepared_statement_lost",
         }
     }
 }
@@ -438,6 +446,8 @@ mod tests {
             ("28P01", ErrorClass::Authentication),
             ("28000", ErrorClass::Authentication),
             ("3D000", ErrorClass::DatabaseMissing),
+            ("26000", ErrorClass::PreparedStatementLost),
+            ("42P05", ErrorClass::PreparedStatementLost),
             ("42501", ErrorClass::PermissionDenied),
             ("42601", ErrorClass::Syntax),
             ("42P01", ErrorClass::Syntax),

@@ -54,7 +54,7 @@ pub use api::{DatabaseStatus, ErrorBody, LastError, MetricsSummary, PluginStatus
 pub use classify::ErrorClass;
 pub use config::{
     ConfigError, ConnectionInfo, DatabaseType, DatabaseUrl, DbConfig, LogFormat, PoolConfig, Profile, Secret, SslMode,
-    TargetSessionAttrs,
+    StatementMode, TargetSessionAttrs,
 };
 pub use health::{CachedReport, CheckResult, CheckStatus, HealthReport, HealthStatus, PoolStatus};
 pub use retry::{

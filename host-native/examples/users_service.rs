@@ -1,12 +1,15 @@
 //! A users service in the style dbguard replaces: a SeaORM `User` entity and a `create_user`
-//! guarded by the retry runner. Run against the SQLite default or any DATABASE_URL:
+//! guarded by the retry runner. The handle each attempt gets is a [`DbConn`]: on PostgreSQL one
+//! connection of dbguard's own pool, and for SeaORM any `&impl ConnectionTrait`, so entities,
+//! ActiveModels and raw statements take it as they take a `DatabaseConnection`. Run against the
+//! SQLite default or any DATABASE_URL:
 //!
 //! ```sh
 //! cargo run -p dbguard --features sqlite --example users_service
 //! DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo run -p dbguard --features sqlite --example users_service
 //! ```
 
-use dbguard::{DbError, DbManager, Idempotency};
+use dbguard::{DbConn, DbError, DbManager, Idempotency};
 use sea_orm::entity::prelude::*;
 use sea_orm::{ActiveValue::Set, ConnectionTrait, Schema};
 
@@ -36,7 +39,7 @@ mod user {
 async fn create_user(manager: &DbManager, email: &str, name: &str) -> Result<user::Model, DbError> {
     let (email, name) = (email.to_owned(), name.to_owned());
     manager
-        .run(Idempotency::Idempotent, move |db| {
+        .run(Idempotency::Idempotent, move |db: DbConn| {
             let model = user::ActiveModel { email: Set(email.clone()), name: Set(name.clone()) };
             async move {
                 user::Entity::insert(model)
@@ -52,11 +55,31 @@ async fn create_user(manager: &DbManager, email: &str, name: &str) -> Result<use
         .await
 }
 
+/// Renames a user inside a guarded transaction: read, change the ActiveModel, write back. The
+/// whole transaction is retried after a serialization failure or a connection lost before
+/// `COMMIT`.
+async fn rename_user(manager: &DbManager, email: &str, name: &str) -> Result<Option<user::Model>, DbError> {
+    let (email, name) = (email.to_owned(), name.to_owned());
+    manager
+        .transaction(move |txn| {
+            let (email, name) = (email.clone(), name.clone());
+            Box::pin(async move {
+                let Some(found) = user::Entity::find_by_id(email).one(txn).await? else { return Ok(None) };
+                let mut changed: user::ActiveModel = found.into();
+                changed.name = Set(name);
+                changed.update(txn).await.map(Some)
+            })
+        })
+        .await
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = dbguard::env::load_config()?;
     let manager = DbManager::connect(config).await?;
-    let schema = Schema::new(manager.connection().get_database_backend());
+    // Code that needs a plain `DatabaseConnection` (sea-orm-migration, for one) still gets one.
+    let plain: sea_orm::DatabaseConnection = manager.connection();
+    let schema = Schema::new(plain.get_database_backend());
     let create_table = schema.create_table_from_entity(user::Entity).if_not_exists().to_owned();
     manager
         .run(Idempotency::Idempotent, |db| {
@@ -67,8 +90,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let created = create_user(&manager, "ada@example.com", "Ada Lovelace").await?;
     println!("created {created:?}");
+    let renamed = rename_user(&manager, "ada@example.com", "Ada King").await?;
+    println!("renamed {renamed:?}");
     let count = manager.run(Idempotency::Idempotent, |db| async move { user::Entity::find().count(&db).await }).await?;
     println!("{count} user(s); health: {:?}", manager.check_health(false).await.status);
+    let deleted = manager
+        .run(Idempotency::Idempotent, |db| async move {
+            user::Entity::delete_by_id("ada@example.com").exec(&db).await.map(|done| done.rows_affected)
+        })
+        .await?;
+    println!("deleted {deleted} user(s)");
     manager.close().await;
     Ok(())
 }

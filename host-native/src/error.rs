@@ -24,6 +24,11 @@ pub struct DbError {
     source_err: Option<Arc<DbErr>>,
 }
 
+/// What a caller needs to know about a statement prepared on another server connection.
+const PREPARED_STATEMENT_LOST_HINT: &str = "; a transaction pooler (PgBouncer with pool_mode = transaction or \
+     statement) routes each transaction to any server connection, so prepared statements do not carry over: \
+     set DB_STATEMENT_MODE=simple";
+
 impl DbError {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn from_db_err(
@@ -37,7 +42,10 @@ impl DbError {
         redactor: &Redactor,
     ) -> Self {
         // `cause` is the real reason found behind a pool timeout, already scrubbed.
-        let detail = cause.unwrap_or_else(|| redactor.scrub(&err.to_string()));
+        let mut detail = cause.unwrap_or_else(|| redactor.scrub(&err.to_string()));
+        if class == ErrorClass::PreparedStatementLost {
+            detail.push_str(PREPARED_STATEMENT_LOST_HINT);
+        }
         let message = match &reason {
             Some(reason) if retries > 0 => format!("{class}: {detail} ({reason})"),
             _ => format!("{class}: {detail}"),

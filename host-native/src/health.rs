@@ -10,10 +10,11 @@ use dbguard_core::health::{
     CheckResult, CheckStatus, PostgresObservations, ProbeThresholds, RoundTrip, SqliteObservations,
 };
 use dbguard_core::{CachedReport, DatabaseType, DbConfig, HealthReport, HealthStatus, Instant};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, Statement};
+use sea_orm::{ConnectionTrait, DbErr, Statement};
 
 use crate::classify::classify_db_err;
 use crate::clock::rfc3339_now;
+use crate::conn::DbConn;
 use crate::manager::{DbManager, Inner};
 use crate::pool;
 
@@ -212,12 +213,14 @@ impl DbManager {
         let _entered = span.enter();
         let (version, mut checks, failure) = match config.database_type() {
             DatabaseType::Postgresql => {
-                let (version, observed, failure) = observe_postgres(&slot.db, &thresholds, inner).await;
+                let conn = slot.pools.conn();
+                let (version, observed, failure) = observe_postgres(&conn, &thresholds, inner).await;
                 (version, postgres_checks(&observed, &thresholds), failure)
             }
             DatabaseType::Sqlite => {
                 let quick_check = number.is_multiple_of(QUICK_CHECK_EVERY);
-                let (version, observed, failure) = observe_sqlite(&slot.db, &thresholds, quick_check, inner).await;
+                let conn = slot.pools.conn();
+                let (version, observed, failure) = observe_sqlite(&conn, &thresholds, quick_check, inner).await;
                 (version, sqlite_checks(&observed, &thresholds), failure)
             }
         };
@@ -229,7 +232,7 @@ impl DbManager {
             version,
             rfc3339_now(),
             elapsed.as_secs_f64() * 1000.0,
-            pool::status(&slot.db, config),
+            pool::status(&slot.pools, config),
             checks,
         );
         let status_label = match report.status {
@@ -346,7 +349,7 @@ async fn failed_round_trip(outcome: Result<DbErr, ()>, inner: &Inner) -> (RoundT
 }
 
 async fn observe_postgres(
-    db: &DatabaseConnection,
+    db: &DbConn,
     thresholds: &ProbeThresholds,
     inner: &Inner,
 ) -> (Option<String>, PostgresObservations, Failure) {
@@ -384,7 +387,7 @@ async fn observe_postgres(
 }
 
 async fn observe_sqlite(
-    db: &DatabaseConnection,
+    db: &DbConn,
     thresholds: &ProbeThresholds,
     quick_check: bool,
     inner: &Inner,

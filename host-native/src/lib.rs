@@ -29,10 +29,12 @@
 
 mod classify;
 pub mod clock;
+mod conn;
 pub mod env;
 mod error;
 mod health;
 mod manager;
+mod pg_pool;
 #[cfg(feature = "plugins")]
 pub mod plugins;
 pub mod pool;
@@ -44,6 +46,7 @@ pub mod stats;
 mod transaction;
 
 pub use classify::{Classified, classify_db_err, classify_sqlx};
+pub use conn::DbConn;
 pub use dbguard_core::{ErrorClass, HealthReport, HealthStatus, Idempotency};
 pub use error::DbError;
 pub use health::{ExtraCheck, ExtraChecks};

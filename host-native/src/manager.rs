@@ -41,7 +41,7 @@ impl std::fmt::Debug for DbManager {
 /// One generation of the pool. A reconnect installs a new slot; the old one closes once the
 /// calls holding it are done.
 pub(crate) struct PoolSlot {
-    pub(crate) db: DatabaseConnection,
+    pub(crate) pools: pool::Pools,
     pub(crate) generation: u64,
     /// Which host of the URL this pool connects to (always 0 for a single-host URL).
     pub(crate) server: usize,
@@ -200,7 +200,7 @@ impl Inner {
     /// accepts one. The shared probe: a storm of callers makes one direct connect, not one each.
     pub(crate) async fn refusal_while_pool_empty(&self) -> Option<(Classified, String)> {
         let slot = self.pool.load_full();
-        let status = pool::status(&slot.db, &self.config);
+        let status = pool::status(&slot.pools, &self.config);
         if status.checked_in + status.checked_out > 0 {
             return None;
         }
@@ -230,7 +230,7 @@ enum Rebuild {
 }
 
 /// Chooses the server and opens a pool on it (see [`pool::select_server`]).
-async fn open_selected(config: &DbConfig) -> Result<(DatabaseConnection, usize), (Classified, String)> {
+async fn open_selected(config: &DbConfig) -> Result<(pool::Pools, usize), (Classified, String)> {
     let server = pool::select_server(config).await.map_err(|none| (none.classified, none.cause))?;
     let db = pool::open(config, server, false).await.map_err(|err| (classify_db_err(&err), err.to_string()))?;
     Ok((db, server))
@@ -322,7 +322,7 @@ impl DbManager {
         })
     }
 
-    fn assemble(config: DbConfig, redactor: Redactor, clock: Clock, db: DatabaseConnection, server: usize) -> Self {
+    fn assemble(config: DbConfig, redactor: Redactor, clock: Clock, pools: pool::Pools, server: usize) -> Self {
         let now = clock.now();
         let guard =
             CallGuard::new(config.breaker, RetryBudget::new(RETRY_BUDGET_CAPACITY, RETRY_BUDGET_REFILL_PER_SEC, now));
@@ -332,7 +332,7 @@ impl DbManager {
             config,
             redactor,
             clock,
-            pool: ArcSwap::from_pointee(PoolSlot { db, generation: 0, server }),
+            pool: ArcSwap::from_pointee(PoolSlot { pools, generation: 0, server }),
             generation: AtomicU64::new(0),
             guard: Mutex::new(guard),
             advisor: ArcSwapOption::empty(),
@@ -353,10 +353,14 @@ impl DbManager {
         &self.inner.config
     }
 
-    /// The current pool. Prefer [`DbManager::run`], which retries; this is for code that
-    /// manages its own errors.
+    /// A plain SeaORM connection to the current server, for code that needs one (for example
+    /// sea-orm-migration) and manages its own errors; prefer [`DbManager::run`], which retries.
+    ///
+    /// On PostgreSQL this is SeaORM's own (sqlx) pool beside dbguard's: it opens connections
+    /// only when used, up to `DB_POOL_SIZE + DB_MAX_OVERFLOW`, and closes them when idle; its
+    /// connections are not in [`DbManager::pool_status`]. On SQLite it is the pool itself.
     pub fn connection(&self) -> DatabaseConnection {
-        self.pool_slot().db.clone()
+        self.pool_slot().pools.db.clone()
     }
 
     pub(crate) fn pool_slot(&self) -> Arc<PoolSlot> {
@@ -370,7 +374,7 @@ impl DbManager {
 
     /// The pool's occupancy now.
     pub fn pool_status(&self) -> PoolStatus {
-        pool::status(&self.pool_slot().db, &self.inner.config)
+        pool::status(&self.pool_slot().pools, &self.inner.config)
     }
 
     /// Sets the `dbguard_pool_connections_*` gauges to the pool's occupancy now (health probes
@@ -513,11 +517,11 @@ impl DbManager {
             Ok(server) if when == Rebuild::IfServerChanged && server == current => return Ok(()),
             Ok(server) => pool::open(&self.inner.config, server, false)
                 .await
-                .map(|db| (db, server))
+                .map(|pools| (pools, server))
                 .map_err(|err| (classify_db_err(&err), err.to_string())),
             Err(none) => Err((none.classified, none.cause)),
         };
-        let (db, server) = match opened {
+        let (pools, server) = match opened {
             Ok(selected) => selected,
             Err((classified, cause)) => {
                 self.inner.stats.on_reconnect(false);
@@ -526,7 +530,7 @@ impl DbManager {
                 return Err((classified, message));
             }
         };
-        let generation = self.install_pool(db, server);
+        let generation = self.install_pool(pools, server);
         self.inner.stats.on_reconnect(true);
         tracing::info!(
             generation,
@@ -539,15 +543,15 @@ impl DbManager {
 
     /// Swaps in a pool on `server` as the next generation, closes the breaker (the new pool
     /// starts with a clean record) and retires the old pool. Returns the new generation.
-    fn install_pool(&self, db: DatabaseConnection, server: usize) -> u64 {
+    fn install_pool(&self, pools: pool::Pools, server: usize) -> u64 {
         let generation = self.inner.generation() + 1;
-        let old = self.inner.pool.swap(Arc::new(PoolSlot { db, generation, server }));
+        let old = self.inner.pool.swap(Arc::new(PoolSlot { pools, generation, server }));
         self.inner.generation.store(generation, Ordering::Release);
         self.inner.guard_reset(self.inner.clock.now());
         // Calls that already hold the old pool finish on it; sqlx closes each connection as it
         // comes back, and new acquires there fail fast as PoolClosed, which the runner retries
         // on the new pool.
-        tokio::spawn(async move { pool::close(&old.db).await });
+        tokio::spawn(async move { pool::close(&old.pools).await });
         self.inner.health.mark_stale();
         generation
     }
@@ -555,7 +559,7 @@ impl DbManager {
     /// Closes the pool (waiting for checked-out connections) and stops the monitor.
     pub async fn close(&self) {
         self.inner.health.stop_monitor();
-        pool::close(&self.pool_slot().db).await;
+        pool::close(&self.pool_slot().pools).await;
     }
 
     /// Waits up to `timeout` for the pool to be idle; used by graceful shutdown.

@@ -10,13 +10,15 @@
 use std::path::Path;
 use std::time::Duration;
 
-use dbguard_core::{DatabaseType, DbConfig, ErrorClass, PoolStatus, SslMode, TargetSessionAttrs};
+use dbguard_core::{DatabaseType, DbConfig, ErrorClass, PoolStatus, SslMode, StatementMode, TargetSessionAttrs};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
-use sqlx::postgres::PgSslMode;
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
 #[cfg(feature = "sqlite")]
 use sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 
 use crate::classify::{Classified, classify_sqlx};
+use crate::conn::DbConn;
+pub use crate::pg_pool::{OwnedPgPool, OwnedPoolCounts};
 
 /// Connections idle longer than this are validated before use.
 pub const VALIDATE_IF_IDLE_FOR: Duration = Duration::from_millis(500);
@@ -61,13 +63,20 @@ pub fn connect_options_for(config: &DbConfig, server: usize, lazy: bool) -> Conn
     match config.database_type() {
         DatabaseType::Postgresql => {
             let ssl_mode = pg_ssl_mode(config.ssl_mode);
-            // The server cancels a statement that runs too long (57014, query_canceled) and the
-            // connection stays usable; the runner's attempt deadline is only the backstop.
-            let statement_timeout_ms = config.pool.statement_timeout.as_millis();
             options.set_application_name(APPLICATION_NAME);
-            options.map_sqlx_postgres_opts(move |pg| {
-                pg.ssl_mode(ssl_mode).options([("statement_timeout", statement_timeout_ms)])
-            });
+            options.map_sqlx_postgres_opts(move |pg| pg.ssl_mode(ssl_mode));
+            if let Some(setup) = session_setup_sql(config) {
+                options.map_sqlx_postgres_pool_opts(move |pool| {
+                    let setup = setup.clone();
+                    pool.after_connect(move |conn, _| {
+                        let setup = setup.clone();
+                        Box::pin(async move {
+                            use sqlx::Executor as _;
+                            conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(setup))).await.map(drop)
+                        })
+                    })
+                });
+            }
         }
         #[cfg(not(feature = "sqlite"))]
         DatabaseType::Sqlite => {}
@@ -216,13 +225,95 @@ pub async fn select_server(config: &DbConfig) -> Result<usize, NoServer> {
     Err(NoServer { classified, cause: answers.join("; ") })
 }
 
-/// Opens the pool on the `server`-th host.
-pub async fn open(config: &DbConfig, server: usize, lazy: bool) -> Result<DatabaseConnection, DbErr> {
-    Database::connect(connect_options_for(config, server, lazy)).await
+/// The pools of one server: dbguard's own for PostgreSQL, with a SeaORM pool beside it for
+/// code that needs a plain [`DatabaseConnection`]; SeaORM's (sqlx's) pool for SQLite.
+#[derive(Debug, Clone)]
+pub struct Pools {
+    /// SeaORM's pool. For PostgreSQL it is opened lazily, holds no connection until it is
+    /// used, and closes its idle connections after [`OVERFLOW_IDLE_TIMEOUT`]: only code that
+    /// asks for [`DbManager::connection`](crate::DbManager::connection) uses it.
+    pub db: DatabaseConnection,
+    /// dbguard's PostgreSQL pool (`None` for SQLite).
+    pub owned: Option<OwnedPgPool>,
+    statement_mode: StatementMode,
+}
+
+impl Pools {
+    /// A handle for one attempt: on PostgreSQL a connection of dbguard's pool, checked out at its
+    /// first statement; on SQLite SeaORM's pool.
+    pub(crate) fn conn(&self) -> DbConn {
+        match &self.owned {
+            Some(owned) => DbConn::owned(owned.clone(), self.statement_mode),
+            None => DbConn::shared(self.db.clone()),
+        }
+    }
+}
+
+/// Opens the pools on the `server`-th host. A PostgreSQL pool that is not `lazy` opens
+/// `DB_POOL_SIZE` connections first and fails with the first connect error.
+pub async fn open(config: &DbConfig, server: usize, lazy: bool) -> Result<Pools, DbErr> {
+    let statement_mode = config.pool.statement_mode;
+    match config.database_type() {
+        DatabaseType::Postgresql => {
+            let owned = OwnedPgPool::new(pg_connect_options(config, server)?, session_setup_sql(config), &config.pool);
+            if !lazy {
+                owned.warm().await?;
+            }
+            let mut options = connect_options_for(config, server, true);
+            options.min_connections(0);
+            let db = Database::connect(options).await?;
+            Ok(Pools { db, owned: Some(owned), statement_mode })
+        }
+        DatabaseType::Sqlite => {
+            let db = Database::connect(connect_options_for(config, server, lazy)).await?;
+            Ok(Pools { db, owned: None, statement_mode })
+        }
+    }
+}
+
+/// What every new PostgreSQL session runs first: `SET statement_timeout`, so the server cancels
+/// a statement that runs too long (57014, `query_canceled`) and the connection stays usable (the
+/// runner's attempt deadline is only the backstop).
+///
+/// It is a `SET` after connecting rather than the `options` startup parameter because PgBouncer
+/// refuses that parameter ("unsupported startup parameter: options"). With
+/// `DB_STATEMENT_MODE=simple` nothing is set: behind a transaction pooler a session setting would
+/// stay on whichever server connection ran it, for every client of the pooler; set the timeout on
+/// the role there (`ALTER ROLE app SET statement_timeout = '30s'`).
+pub(crate) fn session_setup_sql(config: &DbConfig) -> Option<String> {
+    match config.pool.statement_mode {
+        StatementMode::Prepared => {
+            Some(format!("SET statement_timeout = {}", config.pool.statement_timeout.as_millis()))
+        }
+        StatementMode::Simple => None,
+    }
+}
+
+/// sqlx's connect options for dbguard's own pool on the `server`-th host: TLS mode,
+/// `application_name` and statement logging as configured.
+fn pg_connect_options(config: &DbConfig, server: usize) -> Result<PgConnectOptions, DbErr> {
+    use sqlx::ConnectOptions as _;
+    let options = driver_url(config, server)
+        .parse::<PgConnectOptions>()
+        .map_err(|err| DbErr::Conn(sea_orm::RuntimeErr::SqlxError(err.into())))?
+        .ssl_mode(pg_ssl_mode(config.ssl_mode))
+        .application_name(APPLICATION_NAME);
+    Ok(if config.echo {
+        options.log_statements(tracing::log::LevelFilter::Info)
+    } else {
+        options.disable_statement_logging()
+    })
 }
 
 /// The pool's occupancy in SQLAlchemy's terms.
-pub fn status(db: &DatabaseConnection, config: &DbConfig) -> PoolStatus {
+pub fn status(pools: &Pools, config: &DbConfig) -> PoolStatus {
+    if let Some(owned) = &pools.owned {
+        let counts = owned.counts();
+        let mut status = PoolStatus::from_counts(config.pool.size, config.pool.max_overflow, counts.open, counts.idle);
+        status.waiting = Some(counts.waiting);
+        return status;
+    }
+    let db = &pools.db;
     let (open, idle) = match config.database_type() {
         DatabaseType::Postgresql => {
             let pool = db.get_postgres_connection_pool();
@@ -239,9 +330,13 @@ pub fn status(db: &DatabaseConnection, config: &DbConfig) -> PoolStatus {
     PoolStatus::from_counts(config.pool.size, config.pool.max_overflow, open, idle)
 }
 
-/// Closes the pool, waiting for checked-out connections to come back.
-pub async fn close(db: &DatabaseConnection) {
-    if let Err(err) = db.close_by_ref().await {
+/// Closes the pools, waiting for checked-out connections of SeaORM's pool to come back
+/// (dbguard's own close as they come back).
+pub async fn close(pools: &Pools) {
+    if let Some(owned) = &pools.owned {
+        owned.close();
+    }
+    if let Err(err) = pools.db.close_by_ref().await {
         tracing::debug!(error = %err, "closing a retired pool");
     }
 }

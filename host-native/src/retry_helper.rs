@@ -5,7 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use dbguard_core::{Idempotency, RetryPolicy};
-use sea_orm::{DatabaseConnection, DbErr};
+use sea_orm::DbErr;
 
 use crate::{DbError, DbManager};
 
@@ -28,7 +28,7 @@ pub async fn with_db_retry<T, F, Fut>(
     op: F,
 ) -> Result<T, DbError>
 where
-    F: FnMut(DatabaseConnection) -> Fut,
+    F: FnMut(crate::DbConn) -> Fut,
     Fut: Future<Output = Result<T, DbErr>>,
 {
     let configured = manager.config().retry;

@@ -10,10 +10,11 @@ use dbguard_core::{
     Admission, AttemptInfo, DatabaseType, Decision, ErrorClass, GiveUpReason, Idempotency, Instant, PolicyVerdict,
     RetryPolicy, RetryState, SeededRng,
 };
-use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
+use sea_orm::DbErr;
 
 use crate::classify::{Classified, classify_db_err};
 use crate::clock::rfc3339_now;
+use crate::conn::DbConn;
 use crate::error::DbError;
 use crate::manager::{DbManager, PoolSlot};
 use crate::reachability::Unreachable;
@@ -68,7 +69,8 @@ pub(crate) enum Waits {
 impl DbManager {
     /// Runs `op` against the pool, retrying per the policy.
     ///
-    /// `op` receives a handle to the current pool (cheap to clone) for each attempt. An
+    /// `op` receives a [`DbConn`] for each attempt: on PostgreSQL one connection of dbguard's
+    /// pool, checked out at its first statement and returned when the handle is dropped. An
     /// [`Idempotency::NonIdempotent`] operation is repeated only after errors that prove
     /// nothing took effect; if its connection died mid-flight the error is reported as
     /// [`ErrorClass::CommitOutcomeUnknown`] and never replayed.
@@ -85,7 +87,7 @@ impl DbManager {
     /// ```
     pub async fn run<T, F, Fut>(&self, idempotency: Idempotency, op: F) -> Result<T, DbError>
     where
-        F: FnMut(DatabaseConnection) -> Fut,
+        F: FnMut(DbConn) -> Fut,
         Fut: Future<Output = Result<T, DbErr>>,
     {
         self.run_with_policy(self.config().retry, idempotency, op).await
@@ -99,10 +101,10 @@ impl DbManager {
         mut op: F,
     ) -> Result<T, DbError>
     where
-        F: FnMut(DatabaseConnection) -> Fut,
+        F: FnMut(DbConn) -> Fut,
         Fut: Future<Output = Result<T, DbErr>>,
     {
-        self.run_attempts(policy, idempotency, Waits::ForServer, |slot| op(slot.db.clone())).await
+        self.run_attempts(policy, idempotency, Waits::ForServer, |slot| op(slot.pools.conn())).await
     }
 
     /// Runs `op`, a call that opens a connection of its own instead of using the pool (the HTTP
@@ -175,7 +177,7 @@ impl DbManager {
     /// ```
     pub async fn transaction<T, F>(&self, body: F) -> Result<T, DbError>
     where
-        F: for<'c> FnMut(&'c DatabaseTransaction) -> TxnFuture<'c, T>,
+        F: for<'c> FnMut(&'c DbConn) -> TxnFuture<'c, T>,
     {
         self.transaction_with(TxnOptions::default(), body).await
     }
@@ -183,7 +185,7 @@ impl DbManager {
     /// [`DbManager::transaction`] with an isolation level, access mode or SQLite lock mode.
     pub async fn transaction_with<T, F>(&self, options: TxnOptions, mut body: F) -> Result<T, DbError>
     where
-        F: for<'c> FnMut(&'c DatabaseTransaction) -> TxnFuture<'c, T>,
+        F: for<'c> FnMut(&'c DbConn) -> TxnFuture<'c, T>,
     {
         // Until COMMIT is sent the server rolls back whatever happened, so the body is safe
         // to repeat as a whole.
@@ -200,9 +202,9 @@ impl DbManager {
     /// One attempt of a transaction: begin, the body, commit.
     async fn transaction_attempt<T, F>(&self, slot: &PoolSlot, options: &TxnOptions, body: &mut F) -> Result<T, Failure>
     where
-        F: for<'c> FnMut(&'c DatabaseTransaction) -> TxnFuture<'c, T>,
+        F: for<'c> FnMut(&'c DbConn) -> TxnFuture<'c, T>,
     {
-        let txn = self.step(slot, slot.db.begin_with_options(options.to_sea_orm())).await?;
+        let txn = self.step(slot, slot.pools.conn().begin(options)).await?;
         let value = match self.step(slot, body(&txn)).await {
             Ok(value) => value,
             Err(failure) => {

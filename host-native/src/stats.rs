@@ -39,6 +39,12 @@ pub mod names {
     pub const POOL_MIN: &str = "dbguard_pool_connections_min";
     /// Attempts that found no connection within `DB_POOL_TIMEOUT` (`connections_timeout_total`).
     pub const POOL_TIMEOUTS: &str = "dbguard_pool_connections_timeout_total";
+    /// Time to check a connection out of dbguard's PostgreSQL pool, seconds
+    /// (`connections_acquire`).
+    pub const POOL_ACQUIRE_SECONDS: &str = "dbguard_pool_connections_acquire_seconds";
+    /// Time a connection of dbguard's PostgreSQL pool stayed checked out, seconds
+    /// (`connections_usage`).
+    pub const POOL_USAGE_SECONDS: &str = "dbguard_pool_connections_usage_seconds";
 }
 
 /// Histogram buckets for durations of database work, in seconds: 100 µs to 30 s, about three

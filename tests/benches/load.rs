@@ -17,7 +17,7 @@
 //! | `DBGUARD_BENCH_POOL` | 16 | pool size of every pooled variant |
 //! | `DBGUARD_BENCH_ROWS` | 10000 | rows in `bench_items` |
 //! | `DBGUARD_BENCH_METRICS` | true | install dbguard's Prometheus recorder, as `dbguard serve` does |
-//! | `DBGUARD_BENCH_VARIANTS` | all | a subset, by key: raw, deadpool, seaorm-default, seaorm-options, dbguard, dbguard-wasm |
+//! | `DBGUARD_BENCH_VARIANTS` | all | a subset, by key: raw, deadpool, seaorm-default, seaorm-options, dbguard, dbguard-simple, dbguard-wasm |
 //! | `DBGUARD_TEST_PG_URL` | postgres://postgres@127.0.0.1:5432/postgres | the server |
 //! | `DBGUARD_PLUGIN_DIR` | unset: build `plugin-wasi/guest` | where `decorrelated_retry.wasm` is |
 //!
@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use dbguard::{DbManager, Idempotency};
-use dbguard_core::DbConfig;
+use dbguard_core::{DbConfig, StatementMode};
 use dbguard_http::plugins::PluginRuntime;
 use dbguard_tests::TestDb;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement};
@@ -84,15 +84,17 @@ enum Variant {
     SeaOrmDefault,
     SeaOrmDbguardOptions,
     DbguardFull,
+    DbguardSimple,
     DbguardWasm,
 }
 
-const VARIANTS: [Variant; 6] = [
+const VARIANTS: [Variant; 7] = [
     Variant::RawSqlx,
     Variant::Deadpool,
     Variant::SeaOrmDefault,
     Variant::SeaOrmDbguardOptions,
     Variant::DbguardFull,
+    Variant::DbguardSimple,
     Variant::DbguardWasm,
 ];
 
@@ -105,6 +107,7 @@ impl Variant {
             Variant::SeaOrmDefault => "seaorm-default",
             Variant::SeaOrmDbguardOptions => "seaorm-options",
             Variant::DbguardFull => "dbguard",
+            Variant::DbguardSimple => "dbguard-simple",
             Variant::DbguardWasm => "dbguard-wasm",
         }
     }
@@ -116,6 +119,7 @@ impl Variant {
             Variant::SeaOrmDefault => "SeaORM default",
             Variant::SeaOrmDbguardOptions => "SeaORM + dbguard options",
             Variant::DbguardFull => "dbguard full path",
+            Variant::DbguardSimple => "dbguard, DB_STATEMENT_MODE=simple",
             Variant::DbguardWasm => "dbguard + wasm policy",
         }
     }
@@ -228,7 +232,7 @@ impl Worker {
 
 /// The statement through SeaORM's raw-query API; a missing row is an error (it proves the
 /// read did real work).
-async fn sea_orm_call(db: &DatabaseConnection, workload: Workload, id: i64) -> Result<(), DbErr> {
+async fn sea_orm_call(db: &impl ConnectionTrait, workload: Workload, id: i64) -> Result<(), DbErr> {
     let statement = match workload {
         Workload::SelectOne => Statement::from_string(DbBackend::Postgres, SELECT_ONE),
         Workload::IndexedRead => Statement::from_sql_and_values(DbBackend::Postgres, INDEXED_READ, [id.into()]),
@@ -274,6 +278,12 @@ impl Target {
             }
             Variant::DbguardFull => {
                 let manager = DbManager::connect(setup.config.clone()).await.map_err(|e| e.to_string())?;
+                Ok(Target::Guarded { manager, plugins: None })
+            }
+            Variant::DbguardSimple => {
+                let mut config = setup.config.clone();
+                config.pool.statement_mode = StatementMode::Simple;
+                let manager = DbManager::connect(config).await.map_err(|e| e.to_string())?;
                 Ok(Target::Guarded { manager, plugins: None })
             }
             Variant::DbguardWasm => {
@@ -595,15 +605,18 @@ rounds vary by tens of percent, so ratios at 1 task are within noise. `raw sqlx`
 dedicated connection: the ceiling. With more tasks than cores a reply is often already waiting when its task \
 is polled, so its p50 is tiny and the queueing shows in p99 (its mean latency is tasks ÷ ops/s). \
 `deadpool-postgres` (`RecyclingMethod::Fast`) is one round trip plus a hop to tokio-postgres's connection \
-task. Every SeaORM and dbguard row runs on sqlx's pool, and sqlx-core 0.9 pings each connection when it \
-returns to the pool (`return_to_pool`, unconditionally): two round trips per call. SeaORM's defaults add a \
-third, the ping at checkout (`test_before_acquire`); dbguard's options replace it with \
-`test_before_acquire_if_idle_for(500 ms)`, so a busy pool pays two. That one round trip is the whole gain of \
-`SeaORM + dbguard options` over `SeaORM default`, and the release ping is why no sqlx-pool row comes near \
-`raw sqlx` or deadpool; removing it needs a change in sqlx. `dbguard full path` adds, per call, the breaker \
-under a mutex, clock reads, a tokio timeout around the attempt, counters and two Prometheus series: CPU on \
-the client, no extra round trip. `dbguard + wasm policy` runs the same code on success; the policy is asked \
-only after a failed attempt.";
+task. The two SeaORM rows run on sqlx's pool, and sqlx-core 0.9 pings each connection when it returns to \
+the pool (`return_to_pool`, unconditionally): two round trips per call. SeaORM's defaults add a third, the \
+ping at checkout (`test_before_acquire`); dbguard's options replace it with \
+`test_before_acquire_if_idle_for(500 ms)`, so a busy pool pays two. The dbguard rows run on dbguard's own \
+pool (deadpool's managed pool of sqlx connections): a connection goes back with no I/O and is pinged at \
+checkout only after 500 ms idle, so a call is one round trip, like `raw sqlx`, plus a pool checkout. \
+`dbguard full path` uses named, cached statements (`DB_STATEMENT_MODE=prepared`); \
+`DB_STATEMENT_MODE=simple` sends the statement with its parameters as escaped literals over the simple \
+protocol, also one round trip, with text-format rows. Per call dbguard adds the breaker under a mutex, \
+clock reads, a tokio timeout around the attempt, counters and Prometheus series: CPU on the client, no \
+extra round trip. `dbguard + wasm policy` runs the same code on success; the policy is asked only after a \
+failed attempt.";
 
 fn report_targets(report: &mut Report, cells: &[Cell]) {
     report.line("### Targets");
@@ -614,15 +627,20 @@ fn report_targets(report: &mut Report, cells: &[Cell]) {
         Some(_) => "**no**",
         None => "not measured",
     };
-    for cell in cells {
-        let full = ratio(cell.ops(Variant::DbguardFull), cell.ops(Variant::SeaOrmDbguardOptions));
-        table.row(&[
-            "dbguard full path ≥ 0.98 × SeaORM + dbguard options".to_owned(),
-            cell.workload.key().to_owned(),
-            cell.tasks.to_string(),
-            ratio_cell(full),
-            verdict(full, 0.98).to_owned(),
-        ]);
+    for cell in cells.iter().filter(|c| c.tasks == 16 || c.tasks == 64) {
+        let floors = [(Variant::RawSqlx, 0.8), (Variant::Deadpool, 1.0)];
+        for (guarded, (baseline, floor)) in
+            [Variant::DbguardFull, Variant::DbguardSimple].into_iter().flat_map(|g| floors.map(|f| (g, f)))
+        {
+            let measured = ratio(cell.ops(guarded), cell.ops(baseline));
+            table.row(&[
+                format!("{} ≥ {floor} × {}", guarded.label(), baseline.label()),
+                cell.workload.key().to_owned(),
+                cell.tasks.to_string(),
+                ratio_cell(measured),
+                verdict(measured, floor).to_owned(),
+            ]);
+        }
     }
     for cell in cells.iter().filter(|c| c.tasks == 1 || c.tasks == 16) {
         let options = ratio(cell.ops(Variant::SeaOrmDbguardOptions), cell.ops(Variant::SeaOrmDefault));

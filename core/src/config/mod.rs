@@ -40,6 +40,9 @@ pub mod vars {
     pub const DB_POOL_RECYCLE: &str = "DB_POOL_RECYCLE";
     /// Longest a statement may run (server-side `statement_timeout`, client-side backstop).
     pub const DB_STATEMENT_TIMEOUT: &str = "DB_STATEMENT_TIMEOUT";
+    /// How statements reach PostgreSQL: `prepared` (named, cached) or `simple` (no server-side
+    /// state, for PgBouncer's transaction pooling).
+    pub const DB_STATEMENT_MODE: &str = "DB_STATEMENT_MODE";
     /// Background probe period.
     pub const DB_HEALTH_CHECK_INTERVAL: &str = "DB_HEALTH_CHECK_INTERVAL";
     /// How long a probed report is served from cache (defaults to the interval).
@@ -94,6 +97,7 @@ pub mod vars {
         DB_POOL_TIMEOUT,
         DB_POOL_RECYCLE,
         DB_STATEMENT_TIMEOUT,
+        DB_STATEMENT_MODE,
         DB_HEALTH_CHECK_INTERVAL,
         DB_HEALTH_CACHE_TTL,
         DB_HEALTH_TIMEOUT,
@@ -210,6 +214,49 @@ pub struct PoolConfig {
     #[schemars(with = "u64")]
     #[serde(serialize_with = "crate::serde_util::duration_ms", rename = "statement_timeout_ms")]
     pub statement_timeout: Duration,
+    /// How statements reach PostgreSQL.
+    pub statement_mode: StatementMode,
+}
+
+/// How a host sends statements to PostgreSQL (`DB_STATEMENT_MODE`).
+///
+/// A transaction pooler (PgBouncer with `pool_mode = transaction`) may hand each transaction,
+/// and each autocommit statement, to a different server connection, so a statement prepared
+/// on one is missing on the next (26000) or already there under the same name (42P05).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum StatementMode {
+    /// Named statements, prepared once per connection and cached: the fastest on a direct
+    /// connection or behind a session pooler.
+    #[default]
+    Prepared,
+    /// The simple query protocol with parameters sent as escaped literals: one round trip per
+    /// statement and no server-side state between round trips, so any transaction pooler can
+    /// route it (as pgx's simple-protocol mode does).
+    Simple,
+}
+
+impl StatementMode {
+    /// The values `DB_STATEMENT_MODE` accepts.
+    pub const ACCEPTED: &'static str =
+        "prepared (direct connections, session pooling) or simple (PgBouncer transaction or statement pooling)";
+
+    /// Parses `prepared` or `simple` (any case).
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "prepared" => Some(Self::Prepared),
+            "simple" => Some(Self::Simple),
+            _ => None,
+        }
+    }
+
+    /// The setting's spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Prepared => "prepared",
+            Self::Simple => "simple",
+        }
+    }
 }
 
 impl PoolConfig {

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use super::url::UrlError;
 use super::{
     AuthConfig, ConfigError, DAY, DEVELOPMENT_DEFAULT_URL, DatabaseType, DatabaseUrl, DbConfig, HOUR, HealthConfig,
-    LogFormat, MILLISECOND, PoolConfig, Profile, SECOND, Secret, ServiceConfig, SslMode, redact, value, vars,
+    LogFormat, MILLISECOND, PoolConfig, Profile, SECOND, Secret, ServiceConfig, SslMode, StatementMode, redact, value,
+    vars,
 };
 use crate::health::ProbeThresholds;
 use crate::retry::{BreakerConfig, Jitter, RetryPolicy};
@@ -130,6 +131,7 @@ impl Parser<'_> {
             timeout: self.duration(vars::DB_POOL_TIMEOUT, 20 * SECOND, MILLISECOND, HOUR)?,
             recycle: self.duration(vars::DB_POOL_RECYCLE, HOUR, SECOND, 7 * DAY)?,
             statement_timeout: self.duration(vars::DB_STATEMENT_TIMEOUT, 30 * SECOND, MILLISECOND, DAY)?,
+            statement_mode: self.statement_mode()?,
         };
 
         let interval = self.duration(
@@ -226,6 +228,17 @@ impl Parser<'_> {
             });
         }
         Ok(mode)
+    }
+
+    fn statement_mode(&self) -> Result<StatementMode, ConfigError> {
+        match self.get(vars::DB_STATEMENT_MODE) {
+            None => Ok(StatementMode::default()),
+            Some(raw) => StatementMode::parse(raw).ok_or_else(|| ConfigError::Invalid {
+                variable: vars::DB_STATEMENT_MODE,
+                value: raw.to_owned(),
+                expected: format!("one of {}", StatementMode::ACCEPTED),
+            }),
+        }
     }
 
     fn retry(&self) -> Result<RetryPolicy, ConfigError> {

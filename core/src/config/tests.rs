@@ -114,6 +114,7 @@ fn overrides_apply() {
         ("DB_POOL_TIMEOUT", "500ms"),
         ("DB_POOL_RECYCLE", "30m"),
         ("DB_STATEMENT_TIMEOUT", "2s"),
+        ("DB_STATEMENT_MODE", "Simple"),
         ("DB_HEALTH_CHECK_INTERVAL", "15s"),
         ("DB_HEALTH_CACHE_TTL", "2s"),
         ("DB_HEALTH_TIMEOUT", "750ms"),
@@ -133,6 +134,7 @@ fn overrides_apply() {
     .expect("valid overrides");
     assert_eq!(config.pool.size, 7);
     assert_eq!(config.pool.max_overflow, 0);
+    assert_eq!(config.pool.statement_mode, crate::config::StatementMode::Simple);
     assert_eq!(config.pool.max_connections(), 7);
     assert_eq!(config.pool.timeout, Duration::from_millis(500));
     assert_eq!(config.pool.recycle, Duration::from_secs(1800));
@@ -193,6 +195,8 @@ fn every_bad_value_names_its_variable() {
         ("DB_HEALTH_CACHE_TTL", "0ms"),
         ("DB_HEALTH_TIMEOUT", "x"),
         ("DB_HEALTH_DEGRADED_LATENCY", "1.5s"),
+        ("DB_STATEMENT_MODE", "transaction"),
+        ("DB_STATEMENT_MODE", ""),
         ("DB_ECHO", "maybe"),
         ("DB_ECHO", ""),
         ("DB_SSL", "on"),

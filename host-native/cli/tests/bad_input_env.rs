@@ -545,6 +545,14 @@ fn rows() -> Vec<Row> {
             Invalid,
             "a duration between 1ms and 1440m",
         ),
+        row(
+            "statement mode of another pooler's vocabulary",
+            &[("DB_STATEMENT_MODE", To("transaction"))],
+            "DB_STATEMENT_MODE",
+            Invalid,
+            "prepared (direct connections, session pooling) or simple",
+        ),
+        row("statement mode empty", &[("DB_STATEMENT_MODE", To(""))], "DB_STATEMENT_MODE", Invalid, "one of prepared"),
         // Health.
         row(
             "interval under 100ms",

@@ -70,6 +70,10 @@ impl ReadOnlyQuery {
         request: &QueryRequest,
         limits: QueryLimits,
     ) -> Result<Rows, AttemptError> {
+        // Everything runs in one read-only transaction on unnamed statements: behind a transaction
+        // pooler (PgBouncer) a transaction keeps its server connection, while a named statement
+        // would be looked for on whichever server connection the next transaction gets.
+        conn.execute("BEGIN READ ONLY").await.map_err(|err| self.pg_error(err))?;
         let (user, superuser, program, files, secrets): (String, bool, bool, bool, Vec<String>) = sqlx::query_as(
             "SELECT current_user::text, r.rolsuper, \
                     pg_has_role(current_user, 'pg_execute_server_program', 'MEMBER'), \
@@ -79,6 +83,7 @@ impl ReadOnlyQuery {
              FROM pg_roles r WHERE r.rolname = current_user",
         )
         .bind(&SECRET_CATALOGS[..])
+        .persistent(false)
         .fetch_one(&mut *conn)
         .await
         .map_err(|err| self.pg_error(err))?;
@@ -100,13 +105,13 @@ impl ReadOnlyQuery {
                 "the test endpoint refuses to run as {source}'s user \"{user}\", which {what}: a read-only transaction does not stop such a login from running programs or changing roles. Configure DB_TEST_URL with a least-privilege login, e.g. CREATE ROLE dbguard_ro LOGIN PASSWORD '…' IN ROLE pg_monitor, plus SELECT granted on the application's schemas"
             ))));
         }
-        conn.execute("BEGIN READ ONLY").await.map_err(|err| self.pg_error(err))?;
         let timeout_ms = limits.timeout.as_millis().to_string();
         sqlx::query(
             "SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $1, true), \
                     set_config('idle_in_transaction_session_timeout', $1, true)",
         )
         .bind(&timeout_ms)
+        .persistent(false)
         .execute(&mut *conn)
         .await
         .map_err(|err| self.pg_error(err))?;

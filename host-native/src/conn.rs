@@ -1,0 +1,402 @@
+//! [`DbConn`]: the connection a guarded call works on, usable by everything in SeaORM that
+//! takes a `&impl ConnectionTrait` (`Entity::find().all(&db)`, ActiveModel writes, raw
+//! [`Statement`]s, `execute_unprepared`).
+//!
+//! On PostgreSQL it wraps one connection of dbguard's own pool ([`crate::pg_pool`]), checked
+//! out at the first statement and returned (with no round trip) when the handle is dropped.
+//! On SQLite it wraps SeaORM's pool or transaction.
+
+use std::time::Instant;
+
+use dbguard_core::StatementMode;
+use futures::future::BoxFuture;
+use sea_orm::sea_query::{PostgresQueryBuilder, Values, inject_parameters};
+use sea_orm::{
+    ConnAcquireErr, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, ExecResult,
+    QueryResult, RuntimeErr, Statement, TransactionTrait,
+};
+use sea_query_sqlx::SqlxValues;
+use sqlx::postgres::{PgConnection, PgQueryResult, PgRow};
+use sqlx::{Execute, Executor as _, Postgres};
+
+use crate::pg_pool::{OwnedPgPool, PgObject, PooledPg};
+use crate::transaction::TxnOptions;
+
+/// A database connection for one attempt of a guarded call: implements
+/// [`sea_orm::ConnectionTrait`].
+///
+/// Statements on one handle run one after another on the same connection.
+pub struct DbConn {
+    kind: Kind,
+}
+
+impl std::fmt::Debug for DbConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.kind {
+            Kind::Owned(_) => "postgres",
+            Kind::Shared(_) => "sea-orm pool",
+            Kind::SharedTransaction(_) => "sea-orm transaction",
+        };
+        f.debug_struct("DbConn").field("kind", &kind).finish_non_exhaustive()
+    }
+}
+
+enum Kind {
+    /// A connection of dbguard's PostgreSQL pool.
+    Owned(Owned),
+    /// SeaORM's pool (SQLite).
+    Shared(DatabaseConnection),
+    /// A transaction on SeaORM's pool (SQLite).
+    SharedTransaction(DatabaseTransaction),
+}
+
+/// One connection of dbguard's pool, checked out lazily.
+struct Owned {
+    pool: OwnedPgPool,
+    mode: StatementMode,
+    slot: tokio::sync::Mutex<Slot>,
+}
+
+#[derive(Default)]
+struct Slot {
+    object: Option<PgObject>,
+    checked_out_at: Option<Instant>,
+    /// A statement was sent and its answer not yet read to the end: if the handle is dropped
+    /// now, nobody knows what the connection will say next.
+    in_flight: bool,
+    /// `BEGIN` ran and neither `COMMIT` nor `ROLLBACK` finished.
+    in_transaction: bool,
+    /// The connection failed below SQL (I/O, protocol): it is not worth returning.
+    broken: bool,
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let slot = self.slot.get_mut();
+        let Some(mut object) = slot.object.take() else { return };
+        if let Some(since) = slot.checked_out_at {
+            metrics::histogram!(crate::stats::names::POOL_USAGE_SECONDS).record(since.elapsed().as_secs_f64());
+        }
+        if slot.in_flight || slot.in_transaction || slot.broken {
+            PooledPg::discard(object);
+        } else {
+            object.mark_returned();
+        }
+    }
+}
+
+impl DbConn {
+    pub(crate) fn owned(pool: OwnedPgPool, mode: StatementMode) -> Self {
+        Self { kind: Kind::Owned(Owned { pool, mode, slot: tokio::sync::Mutex::new(Slot::default()) }) }
+    }
+
+    pub(crate) fn shared(db: DatabaseConnection) -> Self {
+        Self { kind: Kind::Shared(db) }
+    }
+
+    /// Begins a transaction on this connection (checking one out first).
+    pub(crate) async fn begin(self, options: &TxnOptions) -> Result<Self, DbErr> {
+        match self.kind {
+            Kind::Owned(owned) => {
+                owned.execute_unprepared(&begin_sql(options)).await?;
+                owned.slot.lock().await.in_transaction = true;
+                Ok(Self { kind: Kind::Owned(owned) })
+            }
+            Kind::Shared(db) => {
+                let txn = db.begin_with_options(options.to_sea_orm()).await?;
+                Ok(Self { kind: Kind::SharedTransaction(txn) })
+            }
+            Kind::SharedTransaction(_) => Err(DbErr::Custom("a transaction is already open on this handle".into())),
+        }
+    }
+
+    /// Commits the transaction [`DbConn::begin`] opened.
+    pub(crate) async fn commit(self) -> Result<(), DbErr> {
+        match self.kind {
+            Kind::Owned(owned) => owned.end_transaction("COMMIT").await,
+            Kind::SharedTransaction(txn) => txn.commit().await,
+            Kind::Shared(_) => Ok(()),
+        }
+    }
+
+    /// Rolls back the transaction [`DbConn::begin`] opened.
+    pub(crate) async fn rollback(self) -> Result<(), DbErr> {
+        match self.kind {
+            Kind::Owned(owned) => owned.end_transaction("ROLLBACK").await,
+            Kind::SharedTransaction(txn) => txn.rollback().await,
+            Kind::Shared(_) => Ok(()),
+        }
+    }
+}
+
+/// `BEGIN` with the options' isolation level and access mode (PostgreSQL).
+fn begin_sql(options: &TxnOptions) -> String {
+    let mut sql = String::from("BEGIN");
+    if let Some(isolation) = options.isolation {
+        sql.push_str(&format!(" ISOLATION LEVEL {isolation}"));
+    }
+    if let Some(access) = options.access_mode {
+        sql.push_str(&format!(" {access}"));
+    }
+    sql
+}
+
+impl Owned {
+    /// Runs `work` on the checked-out connection (checking one out first), keeping track of
+    /// whether the connection is in a known state.
+    async fn with_conn<R>(
+        &self,
+        work: impl for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<R, sqlx::Error>>,
+        map_err: fn(sqlx::Error) -> DbErr,
+    ) -> Result<R, DbErr> {
+        let mut slot = self.slot.lock().await;
+        if slot.object.is_none() {
+            slot.object = Some(self.pool.checkout().await?);
+            slot.checked_out_at = Some(Instant::now());
+        }
+        slot.in_flight = true;
+        let Slot { object, .. } = &mut *slot;
+        let conn = &mut object.as_mut().expect("checked out above").conn;
+        let result = work(conn).await;
+        slot.in_flight = false;
+        match result {
+            Ok(value) => Ok(value),
+            Err(err) => {
+                // A statement the server rejected leaves the connection usable; a broken socket,
+                // a protocol error or a server ending the session does not. What broke this
+                // connection (a restart, terminated backends) likely broke its idle siblings too:
+                // they are pinged before their next use.
+                let ends_session = crate::classify::classify_sqlx(&err).class.says_server_may_be_gone();
+                if ends_session || !matches!(err, sqlx::Error::Database(_)) {
+                    slot.broken = true;
+                    self.pool.suspect_idle_connections();
+                }
+                Err(map_err(err))
+            }
+        }
+    }
+
+    async fn end_transaction(&self, sql: &'static str) -> Result<(), DbErr> {
+        self.execute_unprepared(sql).await?;
+        self.slot.lock().await.in_transaction = false;
+        Ok(())
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        let sql = sql.to_owned();
+        self.with_conn(
+            move |conn| Box::pin(async move { conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(sql))).await }),
+            exec_err,
+        )
+        .await
+        .map(ExecResult::from)
+    }
+
+    async fn execute(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        match self.run_statement(stmt, Fetch::Done).await? {
+            Fetched::Done(result) => Ok(result.into()),
+            _ => unreachable!("asked for the statement's result"),
+        }
+    }
+
+    async fn query_all(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        match self.run_statement(stmt, Fetch::All).await? {
+            Fetched::All(rows) => Ok(rows.into_iter().map(QueryResult::from).collect()),
+            _ => unreachable!("asked for all rows"),
+        }
+    }
+
+    async fn query_one(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        match self.run_statement(stmt, Fetch::Optional).await? {
+            Fetched::Optional(row) => Ok(row.map(QueryResult::from)),
+            _ => unreachable!("asked for at most one row"),
+        }
+    }
+
+    /// Sends `stmt` as the statement mode says: a named, cached statement with bound values, or
+    /// the simple protocol with the values written in.
+    async fn run_statement(&self, stmt: Statement, fetch: Fetch) -> Result<Fetched, DbErr> {
+        let map_err = if fetch == Fetch::Done { exec_err } else { query_err };
+        let (sql, values) = match self.mode {
+            StatementMode::Prepared => {
+                let (sql, values) = split(stmt);
+                (sql, Some(values))
+            }
+            StatementMode::Simple => (inline(stmt)?, None),
+        };
+        self.with_conn(
+            move |conn| {
+                Box::pin(async move {
+                    let sql = sqlx::AssertSqlSafe(sql);
+                    match values {
+                        Some(values) => fetch.from(conn, sqlx::query_with(sql, SqlxValues(values))).await,
+                        None => fetch.from(conn, sqlx::raw_sql(sql)).await,
+                    }
+                })
+            },
+            map_err,
+        )
+        .await
+    }
+}
+
+/// What a statement's caller wants back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fetch {
+    /// The command's result (rows affected).
+    Done,
+    /// Every row.
+    All,
+    /// The first row, if any.
+    Optional,
+}
+
+/// The answer to a [`Fetch`].
+enum Fetched {
+    Done(PgQueryResult),
+    All(Vec<PgRow>),
+    Optional(Option<PgRow>),
+}
+
+impl Fetch {
+    async fn from<'q>(
+        self,
+        conn: &mut PgConnection,
+        query: impl Execute<'q, Postgres> + 'q,
+    ) -> Result<Fetched, sqlx::Error> {
+        Ok(match self {
+            Fetch::Done => Fetched::Done(conn.execute(query).await?),
+            Fetch::All => Fetched::All(conn.fetch_all(query).await?),
+            Fetch::Optional => Fetched::Optional(conn.fetch_optional(query).await?),
+        })
+    }
+}
+
+/// A failed statement, as SeaORM reports one (so that classification sees the same shapes).
+fn exec_err(err: sqlx::Error) -> DbErr {
+    DbErr::Exec(RuntimeErr::SqlxError(err.into()))
+}
+
+/// A failed query, as SeaORM reports one.
+fn query_err(err: sqlx::Error) -> DbErr {
+    DbErr::Query(RuntimeErr::SqlxError(err.into()))
+}
+
+/// A connection that could not be checked out, as SeaORM's pool reports one.
+pub(crate) fn acquire_err(err: sqlx::Error) -> DbErr {
+    match err {
+        sqlx::Error::PoolTimedOut => DbErr::ConnectionAcquire(ConnAcquireErr::Timeout),
+        sqlx::Error::PoolClosed => DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed),
+        other => DbErr::Conn(RuntimeErr::SqlxError(other.into())),
+    }
+}
+
+fn split(stmt: Statement) -> (String, Values) {
+    (stmt.sql, stmt.values.unwrap_or(Values(Vec::new())))
+}
+
+/// The statement with its parameters written in as literals, escaped by sea-query's
+/// PostgreSQL builder (strings as `E'…'` with every quote and backslash escaped), for the simple
+/// query protocol. A `$n` beyond the parameters given is refused here rather than sent.
+fn inline(stmt: Statement) -> Result<String, DbErr> {
+    let Some(values) = stmt.values.filter(|values| !values.0.is_empty()) else { return Ok(stmt.sql) };
+    if let Some(index) = placeholder_beyond(&stmt.sql, values.0.len()) {
+        return Err(DbErr::Custom(format!(
+            "the statement refers to parameter ${index} but only {} were given",
+            values.0.len()
+        )));
+    }
+    Ok(inject_parameters(&stmt.sql, &values.0, &PostgresQueryBuilder))
+}
+
+/// The first `$n` in `sql` with `n` zero or above `given`, if any (conservatively also inside
+/// literals, where nothing would be substituted).
+fn placeholder_beyond(sql: &str, given: usize) -> Option<usize> {
+    let bytes = sql.as_bytes();
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'$' {
+            let digits = bytes[index + 1..].iter().take_while(|byte| byte.is_ascii_digit()).count();
+            if digits > 0 {
+                let number = sql[index + 1..index + 1 + digits].parse::<usize>().unwrap_or(usize::MAX);
+                if number == 0 || number > given {
+                    return Some(number);
+                }
+            }
+            index += 1 + digits;
+        } else {
+            index += 1;
+        }
+    }
+    None
+}
+
+#[async_trait::async_trait]
+impl ConnectionTrait for DbConn {
+    fn get_database_backend(&self) -> DbBackend {
+        match &self.kind {
+            Kind::Owned(_) => DbBackend::Postgres,
+            Kind::Shared(db) => db.get_database_backend(),
+            Kind::SharedTransaction(txn) => txn.get_database_backend(),
+        }
+    }
+
+    async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        match &self.kind {
+            Kind::Owned(owned) => owned.execute(stmt).await,
+            Kind::Shared(db) => db.execute_raw(stmt).await,
+            Kind::SharedTransaction(txn) => txn.execute_raw(stmt).await,
+        }
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        match &self.kind {
+            Kind::Owned(owned) => owned.execute_unprepared(sql).await,
+            Kind::Shared(db) => db.execute_unprepared(sql).await,
+            Kind::SharedTransaction(txn) => txn.execute_unprepared(sql).await,
+        }
+    }
+
+    async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        match &self.kind {
+            Kind::Owned(owned) => owned.query_one(stmt).await,
+            Kind::Shared(db) => db.query_one_raw(stmt).await,
+            Kind::SharedTransaction(txn) => txn.query_one_raw(stmt).await,
+        }
+    }
+
+    async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        match &self.kind {
+            Kind::Owned(owned) => owned.query_all(stmt).await,
+            Kind::Shared(db) => db.query_all_raw(stmt).await,
+            Kind::SharedTransaction(txn) => txn.query_all_raw(stmt).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_past_the_parameters_are_found() {
+        assert_eq!(placeholder_beyond("SELECT $1, $2", 2), None);
+        assert_eq!(placeholder_beyond("SELECT $1, $3", 2), Some(3));
+        assert_eq!(placeholder_beyond("SELECT $0", 1), Some(0));
+        assert_eq!(placeholder_beyond("SELECT $99999999999999999999999", 1), Some(usize::MAX));
+        assert_eq!(placeholder_beyond("SELECT '$' || $1", 1), None);
+    }
+
+    #[test]
+    fn inlined_strings_cannot_close_their_literal() {
+        let stmt = Statement::from_sql_and_values(DbBackend::Postgres, "SELECT $1", ["x'; DROP TABLE t; --\\".into()]);
+        let sql = inline(stmt).expect("inlined");
+        assert_eq!(sql, r"SELECT E'x\'; DROP TABLE t; --\\'");
+    }
+
+    #[test]
+    fn a_statement_without_parameters_is_sent_as_written() {
+        let stmt = Statement::from_string(DbBackend::Postgres, "SELECT $1");
+        assert_eq!(inline(stmt).expect("unchanged"), "SELECT $1");
+    }
+}

@@ -1,0 +1,282 @@
+//! dbguard's own PostgreSQL pool: deadpool's managed pool of sqlx [`PgConnection`]s.
+//!
+//! sqlx's pool pings every connection as it comes back (a round trip per call that no option
+//! turns off). Here a connection goes back with no I/O at all, and is validated at checkout
+//! only when it sat idle longer than [`VALIDATE_IF_IDLE_FOR`](crate::pool::VALIDATE_IF_IDLE_FOR)
+//! (HikariCP's bypass window). A connection whose state is unknown — a statement was in
+//! flight when its future was dropped, a transaction was left open, the socket broke — is
+//! closed instead of returned ([`PooledPg::discard`]).
+//!
+//! Sizing in SQLAlchemy's terms: `DB_POOL_SIZE` connections are opened up front and kept;
+//! up to `DB_MAX_OVERFLOW` more open under load and are closed once idle for
+//! [`OVERFLOW_IDLE_TIMEOUT`](crate::pool::OVERFLOW_IDLE_TIMEOUT); `DB_POOL_TIMEOUT` bounds
+//! the wait for a connection (and each connect); `DB_POOL_RECYCLE` bounds a connection's age.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use dbguard_core::PoolConfig;
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use sea_orm::DbErr;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{ConnectOptions as _, Connection as _};
+
+use crate::conn::acquire_err;
+use crate::pool::{OVERFLOW_IDLE_TIMEOUT, VALIDATE_IF_IDLE_FOR};
+
+/// How often the pool closes idle overflow connections and connections past their lifetime.
+const MAINTENANCE_PERIOD: Duration = Duration::from_secs(1);
+
+/// One pooled PostgreSQL connection and what the pool knows about it.
+#[derive(Debug)]
+pub(crate) struct PooledPg {
+    pub(crate) conn: PgConnection,
+    /// When the connection last went back to the pool (or was opened).
+    returned_at: Instant,
+}
+
+impl PooledPg {
+    /// Marks the connection as returned now: the idle window starts.
+    pub(crate) fn mark_returned(&mut self) {
+        self.returned_at = Instant::now();
+    }
+
+    /// How long the connection has been idle in the pool.
+    fn idle_for(&self) -> Duration {
+        self.returned_at.elapsed()
+    }
+
+    /// Takes a connection in an unknown state out of its pool and closes it (dropping the
+    /// socket: the server rolls back whatever was open).
+    pub(crate) fn discard(object: managed::Object<PgManager>) {
+        drop(managed::Object::take(object));
+    }
+}
+
+/// Opens and validates connections for deadpool.
+#[derive(Debug)]
+pub(crate) struct PgManager {
+    options: PgConnectOptions,
+    /// Run on each new connection ([`crate::pool::session_setup_sql`]).
+    session_setup: Option<String>,
+    /// `DB_POOL_RECYCLE`: connections older than this are closed, not reused.
+    max_lifetime: Duration,
+    connects: AtomicU64,
+    /// Connections returned before this moment (nanoseconds after `epoch`) are validated at
+    /// their next checkout, however briefly they were idle: one of their siblings broke.
+    suspect_before_nanos: AtomicU64,
+    epoch: Instant,
+}
+
+impl PgManager {
+    fn nanos_since_epoch(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether `pooled` must be pinged before use.
+    fn needs_validation(&self, pooled: &PooledPg) -> bool {
+        pooled.idle_for() > VALIDATE_IF_IDLE_FOR
+            || self.nanos_since_epoch(pooled.returned_at) < self.suspect_before_nanos.load(Ordering::Relaxed)
+    }
+}
+
+impl managed::Manager for PgManager {
+    type Type = PooledPg;
+    type Error = sqlx::Error;
+
+    async fn create(&self) -> Result<PooledPg, sqlx::Error> {
+        self.connects.fetch_add(1, Ordering::Relaxed);
+        let mut conn = self.options.connect().await?;
+        if let Some(setup) = &self.session_setup {
+            use sqlx::Executor as _;
+            conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(setup.clone()))).await?;
+        }
+        Ok(PooledPg { conn, returned_at: Instant::now() })
+    }
+
+    async fn recycle(&self, pooled: &mut PooledPg, metrics: &Metrics) -> RecycleResult<sqlx::Error> {
+        if metrics.age() >= self.max_lifetime {
+            return Err(RecycleError::message("the connection reached DB_POOL_RECYCLE"));
+        }
+        if self.needs_validation(pooled) {
+            pooled.conn.ping().await.map_err(RecycleError::Backend)?;
+        }
+        Ok(())
+    }
+}
+
+/// A checked-out connection.
+pub(crate) type PgObject = managed::Object<PgManager>;
+
+/// dbguard's PostgreSQL pool on one server. Cloning is cheap and shares the pool.
+#[derive(Clone)]
+pub struct OwnedPgPool {
+    pool: managed::Pool<PgManager>,
+    shape: Arc<PoolShape>,
+}
+
+impl std::fmt::Debug for OwnedPgPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnedPgPool").field("status", &self.pool.status()).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+struct PoolShape {
+    size: usize,
+    warming: tokio::sync::Mutex<()>,
+    acquire_timeout: Duration,
+    max_lifetime: Duration,
+}
+
+/// How full the pool is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnedPoolCounts {
+    /// Connections open (idle and checked out).
+    pub open: u32,
+    /// Connections idle in the pool.
+    pub idle: u32,
+    /// Callers waiting for a connection.
+    pub waiting: u32,
+}
+
+impl OwnedPgPool {
+    /// A pool of `config.max_connections()` connections with `options`; nothing is opened
+    /// until [`OwnedPgPool::warm`] or the first checkout. Must be called inside a Tokio runtime
+    /// (the maintenance task is spawned on it).
+    pub(crate) fn new(options: PgConnectOptions, session_setup: Option<String>, config: &PoolConfig) -> Self {
+        let manager = PgManager {
+            options,
+            session_setup,
+            max_lifetime: config.recycle,
+            connects: AtomicU64::new(0),
+            suspect_before_nanos: AtomicU64::new(0),
+            epoch: Instant::now(),
+        };
+        let max_size = usize::try_from(config.max_connections()).unwrap_or(usize::MAX).max(1);
+        let pool = managed::Pool::builder(manager)
+            .max_size(max_size)
+            .runtime(deadpool::Runtime::Tokio1)
+            // One connect may take at most the acquire timeout; the whole checkout is bounded by
+            // it too ([`OwnedPgPool::checkout`]).
+            .create_timeout(Some(config.timeout))
+            .recycle_timeout(Some(config.timeout))
+            .build()
+            .expect("a runtime and a positive size are always given");
+        let shape = Arc::new(PoolShape {
+            size: usize::try_from(config.size).unwrap_or(usize::MAX),
+            warming: tokio::sync::Mutex::new(()),
+            acquire_timeout: config.timeout,
+            max_lifetime: config.recycle,
+        });
+        let owned = Self { pool, shape };
+        owned.spawn_maintenance();
+        owned
+    }
+
+    /// Opens `DB_POOL_SIZE` connections, failing with the first connect error.
+    pub(crate) async fn warm(&self) -> Result<(), DbErr> {
+        // One warm-up at a time: two would each see the pool short and open the difference.
+        let _one_at_a_time = self.shape.warming.lock().await;
+        let wanted = self.shape.size.saturating_sub(self.pool.status().size);
+        let checkouts = (0..wanted).map(|_| self.checkout());
+        let opened = futures::future::join_all(checkouts).await;
+        for object in opened {
+            let mut object = object?;
+            object.mark_returned();
+        }
+        Ok(())
+    }
+
+    /// A connection, within `DB_POOL_TIMEOUT`: an idle one (validated if it sat idle past the
+    /// window) or a new one. A connect that fails reports its own error at once (refused,
+    /// authentication, missing database), not a timeout.
+    pub(crate) async fn checkout(&self) -> Result<PgObject, DbErr> {
+        let started = Instant::now();
+        let object = match tokio::time::timeout(self.shape.acquire_timeout, self.pool.get()).await {
+            Ok(Ok(object)) => object,
+            Ok(Err(managed::PoolError::Backend(err))) => return Err(acquire_err(err)),
+            Ok(Err(managed::PoolError::Closed)) => return Err(acquire_err(sqlx::Error::PoolClosed)),
+            Ok(Err(managed::PoolError::Timeout(_))) | Err(_) => {
+                return Err(acquire_err(sqlx::Error::PoolTimedOut));
+            }
+            Ok(Err(other)) => return Err(DbErr::Custom(format!("connection pool: {other}"))),
+        };
+        metrics::histogram!(crate::stats::names::POOL_ACQUIRE_SECONDS).record(started.elapsed().as_secs_f64());
+        Ok(object)
+    }
+
+    /// Marks every connection now idle in the pool for validation at its next checkout.
+    pub(crate) fn suspect_idle_connections(&self) {
+        let manager = self.pool.manager();
+        manager.suspect_before_nanos.fetch_max(manager.nanos_since_epoch(Instant::now()), Ordering::Relaxed);
+    }
+
+    /// Occupancy now.
+    pub fn counts(&self) -> OwnedPoolCounts {
+        let status = self.pool.status();
+        let to_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        OwnedPoolCounts { open: to_u32(status.size), idle: to_u32(status.available), waiting: to_u32(status.waiting) }
+    }
+
+    /// Connections opened since the pool was built (for tests and benches).
+    pub fn connects(&self) -> u64 {
+        self.pool.manager().connects.load(Ordering::Relaxed)
+    }
+
+    /// Closes the pool: waiting callers fail with `PoolClosed`, idle connections close now and
+    /// checked-out ones as they come back.
+    pub(crate) fn close(&self) {
+        self.pool.close();
+    }
+
+    /// Closes idle connections above `DB_POOL_SIZE` that have sat idle for
+    /// [`OVERFLOW_IDLE_TIMEOUT`] and idle connections past `DB_POOL_RECYCLE`, then opens
+    /// connections up to `DB_POOL_SIZE` again (after a restart dropped them, or on a lazy
+    /// pool). A failed connect is left for the next tick: callers see their own errors.
+    async fn maintain(&self) {
+        let open = self.pool.status().size;
+        let mut surplus = open.saturating_sub(self.shape.size);
+        let max_lifetime = self.shape.max_lifetime;
+        let removed = self.pool.retain(|pooled, metrics| {
+            if metrics.age() >= max_lifetime {
+                surplus = surplus.saturating_sub(1);
+                return false;
+            }
+            if surplus > 0 && pooled.idle_for() >= OVERFLOW_IDLE_TIMEOUT {
+                surplus -= 1;
+                return false;
+            }
+            true
+        });
+        if !removed.removed.is_empty() {
+            tracing::debug!(closed = removed.removed.len(), "closed idle overflow or expired connections");
+        }
+        if self.pool.status().size < self.shape.size
+            && let Err(err) = self.warm().await
+        {
+            tracing::debug!(error = %err, "could not open the pool's connections yet");
+        }
+    }
+
+    fn spawn_maintenance(&self) {
+        let weak = self.pool.weak();
+        let shape = Arc::clone(&self.shape);
+        tokio::spawn(async move {
+            // The first tick after one period: a pool opened eagerly is warm already, and one
+            // opened lazily may be replaced before then (`DbManager::connect` does).
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::now() + MAINTENANCE_PERIOD, MAINTENANCE_PERIOD);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(pool) = weak.upgrade() else { return };
+                if pool.is_closed() {
+                    return;
+                }
+                Self { pool, shape: Arc::clone(&shape) }.maintain().await;
+            }
+        });
+    }
+}

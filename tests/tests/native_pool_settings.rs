@@ -1,6 +1,8 @@
 //! Pool settings the README promises, against a real server: `DB_STATEMENT_TIMEOUT` cancels a
-//! long statement with 57014 and leaves the connection usable, and `DB_POOL_RECYCLE` replaces a
-//! connection once it has lived that long.
+//! long statement with 57014 and leaves the connection usable, `DB_POOL_RECYCLE` replaces a
+//! connection once it has lived that long, and dbguard's own PostgreSQL pool keeps
+//! `DB_POOL_SIZE` warm, closes idle overflow, counts its waiters, and never reuses a connection
+//! whose statement was cut off.
 
 mod common;
 
@@ -67,4 +69,93 @@ async fn pool_recycle_replaces_a_connection_that_outlived_it() {
     assert_eq!(backend_pid(&kept).await, kept_first, "without a short recycle the connection is kept");
     recycled.close().await;
     kept.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_dropped_mid_statement_does_not_leave_its_connection_in_the_pool() {
+    let Some(db) = TestDb::create_or_skip("dropped_mid_statement").await else { return };
+    let manager = common::manager(db.url(), ONE_CONNECTION).await;
+    let before = backend_pid(&manager).await;
+
+    // The caller gives up while the statement runs: its future, and the handle, are dropped.
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(300),
+        manager.run(Idempotency::Idempotent, |db| async move {
+            db.execute_unprepared("SELECT pg_sleep(5)").await.map(|_| ())
+        }),
+    )
+    .await;
+    assert!(abandoned.is_err(), "the call was still running when dropped");
+
+    // The only connection was mid-statement: it is closed, and the next call gets a new session
+    // at once instead of the old one's pending answer.
+    let after = tokio::time::timeout(Duration::from_secs(3), backend_pid(&manager))
+        .await
+        .expect("the next call does not wait for the abandoned statement");
+    assert_ne!(after, before, "the connection with a statement in flight went back into the pool");
+    manager.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_size_is_kept_warm_and_idle_overflow_is_closed() {
+    let Some(db) = TestDb::create_or_skip("overflow_shed").await else { return };
+    let manager = common::manager(db.url(), &[("DB_POOL_SIZE", "2"), ("DB_MAX_OVERFLOW", "3")]).await;
+    let warm = manager.pool_status();
+    assert_eq!((warm.checked_in, warm.checked_out), (2, 0), "DB_POOL_SIZE connections open at start: {warm:?}");
+
+    // Five calls at once need the three overflow connections.
+    let calls = (0..5).map(|_| {
+        manager.run(Idempotency::Idempotent, |db| async move {
+            db.execute_unprepared("SELECT pg_sleep(0.3)").await.map(|_| ())
+        })
+    });
+    for result in futures::future::join_all(calls).await {
+        result.expect("every call is served");
+    }
+    let busy = manager.pool_status();
+    assert_eq!((busy.checked_in, busy.overflow), (5, 3), "the overflow connections opened: {busy:?}");
+
+    // Idle for OVERFLOW_IDLE_TIMEOUT, the overflow closes and DB_POOL_SIZE stays.
+    let deadline = tokio::time::Instant::now() + dbguard::pool::OVERFLOW_IDLE_TIMEOUT + common::HANG_LIMIT;
+    loop {
+        let status = manager.pool_status();
+        if status.checked_in + status.checked_out == 2 {
+            assert_eq!(status.overflow, 0, "{status:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "idle overflow was never closed: {status:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    manager.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_status_counts_the_callers_waiting_for_a_connection() {
+    let Some(db) = TestDb::create_or_skip("pool_waiters").await else { return };
+    let manager = common::manager(db.url(), ONE_CONNECTION).await;
+    assert_eq!(manager.pool_status().waiting, Some(0));
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let manager = manager.clone();
+            tokio::spawn(async move {
+                manager
+                    .run(Idempotency::Idempotent, |db| async move {
+                        db.execute_unprepared("SELECT pg_sleep(0.5)").await.map(|_| ())
+                    })
+                    .await
+            })
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + common::HANG_LIMIT;
+    let mut most_waiting = 0;
+    while most_waiting < 3 {
+        most_waiting = most_waiting.max(manager.pool_status().waiting.unwrap_or(0));
+        assert!(tokio::time::Instant::now() < deadline, "never saw 3 waiters (at most {most_waiting})");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for call in calls {
+        call.await.expect("task").expect("each call is served in turn");
+    }
+    assert_eq!(manager.pool_status().waiting, Some(0));
+    manager.close().await;
 }

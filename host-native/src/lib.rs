@@ -1,10 +1,12 @@
 //! # dbguard
 //!
 //! Database connections that survive real life. [`DbManager`] turns a validated
-//! [`DbConfig`](dbguard_core::DbConfig) into a SeaORM pool for PostgreSQL or SQLite and guards
-//! every call with `dbguard-core`'s policy: errors are classified once, retried only when that
-//! is safe, with backoff, a shared retry budget and a circuit breaker; health is probed on a
-//! schedule, cached, and shared between concurrent callers; the pool can be rebuilt in place.
+//! [`DbConfig`](dbguard_core::DbConfig) into a pool for PostgreSQL (dbguard's own: no round trip
+//! when a connection is returned) or SQLite (SeaORM's), hands each attempt a [`DbConn`] that
+//! SeaORM's entities and statements run on, and guards every call with `dbguard-core`'s policy:
+//! errors are classified once, retried only when that is safe, with backoff, a shared retry
+//! budget and a circuit breaker; health is probed on a schedule, cached, and shared between
+//! concurrent callers; the pool can be rebuilt in place.
 //!
 //! This crate is the library a service links: no HTTP server, no command line. The HTTP API
 //! lives in `dbguard-http` and the `dbguard` command in `dbguard-cli`.

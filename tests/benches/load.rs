@@ -80,6 +80,8 @@ impl Workload {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Variant {
     RawSqlx,
+    RawSqlxUnnamed,
+    RawSqlxSimple,
     Deadpool,
     SeaOrmDefault,
     SeaOrmDbguardOptions,
@@ -87,6 +89,10 @@ enum Variant {
     DbguardSimple,
     DbguardWasm,
 }
+
+/// Raw-driver rows that compare the statement mechanisms a transaction pooler allows; run only
+/// when asked for by key (`DBGUARD_BENCH_VARIANTS=raw,raw-unnamed,raw-simple`).
+const MECHANISM_VARIANTS: [Variant; 2] = [Variant::RawSqlxUnnamed, Variant::RawSqlxSimple];
 
 const VARIANTS: [Variant; 7] = [
     Variant::RawSqlx,
@@ -103,6 +109,8 @@ impl Variant {
     fn key(self) -> &'static str {
         match self {
             Variant::RawSqlx => "raw",
+            Variant::RawSqlxUnnamed => "raw-unnamed",
+            Variant::RawSqlxSimple => "raw-simple",
             Variant::Deadpool => "deadpool",
             Variant::SeaOrmDefault => "seaorm-default",
             Variant::SeaOrmDbguardOptions => "seaorm-options",
@@ -115,6 +123,8 @@ impl Variant {
     fn label(self) -> &'static str {
         match self {
             Variant::RawSqlx => "raw sqlx",
+            Variant::RawSqlxUnnamed => "raw sqlx, unnamed statements",
+            Variant::RawSqlxSimple => "raw sqlx, simple protocol",
             Variant::Deadpool => "deadpool-postgres",
             Variant::SeaOrmDefault => "SeaORM default",
             Variant::SeaOrmDbguardOptions => "SeaORM + dbguard options",
@@ -127,7 +137,7 @@ impl Variant {
     /// Connections the variant holds at `tasks` concurrent tasks.
     fn connections(self, tasks: usize, pool: u32) -> usize {
         match self {
-            Variant::RawSqlx => tasks,
+            Variant::RawSqlx | Variant::RawSqlxUnnamed | Variant::RawSqlxSimple => tasks,
             _ => pool as usize,
         }
     }
@@ -168,8 +178,8 @@ fn selected_variants() -> Vec<Variant> {
     }
     keys.iter()
         .map(|key| {
-            VARIANTS.into_iter().find(|v| v.key() == key.as_str()).unwrap_or_else(|| {
-                let known: Vec<&str> = VARIANTS.iter().map(|v| v.key()).collect();
+            VARIANTS.into_iter().chain(MECHANISM_VARIANTS).find(|v| v.key() == key.as_str()).unwrap_or_else(|| {
+                let known: Vec<&str> = VARIANTS.iter().chain(&MECHANISM_VARIANTS).map(|v| v.key()).collect();
                 eprintln!("DBGUARD_BENCH_VARIANTS: unknown variant {key:?}; known: {}", known.join(", "));
                 std::process::exit(2)
             })
@@ -188,7 +198,7 @@ struct Setup {
 
 /// The connections of one run: a pool, or one connection per task.
 enum Target {
-    Raw(Vec<PgConnection>),
+    Raw(Vec<PgConnection>, Variant),
     Deadpool(deadpool_postgres::Pool),
     SeaOrm(DatabaseConnection),
     Guarded { manager: DbManager, plugins: Option<PluginRuntime> },
@@ -196,7 +206,8 @@ enum Target {
 
 /// What one task calls through.
 enum Worker {
-    Raw(PgConnection),
+    /// A dedicated connection, and which of the raw variants drives it.
+    Raw(PgConnection, Variant),
     Deadpool(deadpool_postgres::Pool),
     SeaOrm(DatabaseConnection),
     Guarded(DbManager),
@@ -205,11 +216,20 @@ enum Worker {
 impl Worker {
     async fn call(&mut self, workload: Workload, id: i64) -> Result<(), String> {
         match self {
-            Worker::Raw(conn) => {
+            Worker::Raw(conn, Variant::RawSqlxSimple) => {
+                // The parameter written into the text, as a client-side binding would.
+                let sql = match workload {
+                    Workload::SelectOne => SELECT_ONE.to_owned(),
+                    Workload::IndexedRead => INDEXED_READ.replace("$1", &id.to_string()),
+                };
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).fetch_one(&mut *conn).await.map(drop).map_err(|e| e.to_string())
+            }
+            Worker::Raw(conn, variant) => {
                 let query = match workload {
                     Workload::SelectOne => sqlx::query(SELECT_ONE),
                     Workload::IndexedRead => sqlx::query(INDEXED_READ).bind(id),
                 };
+                let query = query.persistent(*variant != Variant::RawSqlxUnnamed);
                 query.fetch_one(&mut *conn).await.map(drop).map_err(|e| e.to_string())
             }
             Worker::Deadpool(pool) => {
@@ -247,12 +267,12 @@ impl Target {
     async fn open(variant: Variant, tasks: usize, setup: &Setup) -> Result<Self, String> {
         let pool = setup.knobs.pool;
         match variant {
-            Variant::RawSqlx => {
+            Variant::RawSqlx | Variant::RawSqlxUnnamed | Variant::RawSqlxSimple => {
                 let mut conns = Vec::with_capacity(tasks);
                 for _ in 0..tasks {
                     conns.push(PgConnection::connect(&setup.url).await.map_err(|e| e.to_string())?);
                 }
-                Ok(Target::Raw(conns))
+                Ok(Target::Raw(conns, variant))
             }
             Variant::Deadpool => {
                 let pg: tokio_postgres::Config = setup.url.parse().map_err(|e: tokio_postgres::Error| e.to_string())?;
@@ -302,7 +322,7 @@ impl Target {
 
     fn workers(&mut self, tasks: usize) -> Vec<Worker> {
         match self {
-            Target::Raw(conns) => conns.drain(..).map(Worker::Raw).collect(),
+            Target::Raw(conns, variant) => conns.drain(..).map(|conn| Worker::Raw(conn, *variant)).collect(),
             Target::Deadpool(pool) => (0..tasks).map(|_| Worker::Deadpool(pool.clone())).collect(),
             Target::SeaOrm(db) => (0..tasks).map(|_| Worker::SeaOrm(db.clone())).collect(),
             Target::Guarded { manager, .. } => (0..tasks).map(|_| Worker::Guarded(manager.clone())).collect(),
@@ -319,12 +339,12 @@ impl Target {
 
     async fn close(self, workers: Vec<Worker>) {
         for worker in workers {
-            if let Worker::Raw(conn) = worker {
+            if let Worker::Raw(conn, _) = worker {
                 let _ = conn.close().await;
             }
         }
         match self {
-            Target::Raw(_) => {}
+            Target::Raw(..) => {}
             Target::Deadpool(pool) => pool.close(),
             Target::SeaOrm(db) => {
                 let _ = db.close().await;

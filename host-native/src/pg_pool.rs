@@ -190,18 +190,34 @@ impl OwnedPgPool {
     }
 
     /// A connection, within `DB_POOL_TIMEOUT`: an idle one (validated if it sat idle past the
-    /// window) or a new one. A connect that fails reports its own error at once (refused,
-    /// authentication, missing database), not a timeout.
+    /// window) or a new one.
+    ///
+    /// A connect that fails because the server may be gone (refused, reset, shutting down,
+    /// starting up) is tried again every [`POLL_INTERVAL`](crate::reachability::POLL_INTERVAL)
+    /// until the timeout, so a call that arrives while a server restarts waits for it as it
+    /// would for a busy pool, and the breaker sees one failure per call, not one per connect;
+    /// when the time is up the caller gets that connect's own error (`connection_refused`), not a
+    /// pool timeout. Other connect failures (authentication, a missing database) come back at once.
     pub(crate) async fn checkout(&self) -> Result<PgObject, DbErr> {
         let started = Instant::now();
-        let object = match tokio::time::timeout(self.shape.acquire_timeout, self.pool.get()).await {
-            Ok(Ok(object)) => object,
-            Ok(Err(managed::PoolError::Backend(err))) => return Err(acquire_err(err)),
-            Ok(Err(managed::PoolError::Closed)) => return Err(acquire_err(sqlx::Error::PoolClosed)),
-            Ok(Err(managed::PoolError::Timeout(_))) | Err(_) => {
-                return Err(acquire_err(sqlx::Error::PoolTimedOut));
+        let deadline = tokio::time::Instant::now() + self.shape.acquire_timeout;
+        let mut last_connect_error = None;
+        let object = loop {
+            let error = match tokio::time::timeout_at(deadline, self.pool.get()).await {
+                Ok(Ok(object)) => break object,
+                Ok(Err(managed::PoolError::Backend(err))) => err,
+                Ok(Err(managed::PoolError::Closed)) => return Err(acquire_err(sqlx::Error::PoolClosed)),
+                Ok(Err(managed::PoolError::Timeout(_))) | Err(_) => {
+                    return Err(acquire_err(last_connect_error.unwrap_or(sqlx::Error::PoolTimedOut)));
+                }
+                Ok(Err(other)) => return Err(DbErr::Custom(format!("connection pool: {other}"))),
+            };
+            let retry_at = tokio::time::Instant::now() + crate::reachability::POLL_INTERVAL;
+            if !crate::classify::classify_sqlx(&error).class.says_server_may_be_gone() || retry_at >= deadline {
+                return Err(acquire_err(error));
             }
-            Ok(Err(other)) => return Err(DbErr::Custom(format!("connection pool: {other}"))),
+            last_connect_error = Some(error);
+            tokio::time::sleep_until(retry_at).await;
         };
         metrics::histogram!(crate::stats::names::POOL_ACQUIRE_SECONDS).record(started.elapsed().as_secs_f64());
         Ok(object)

@@ -248,10 +248,10 @@ async fn bench() -> Result<Report, String> {
          acquire would apply). The first success therefore follows the server's return by at most one poll \
          interval plus a connect and the query, and usually comes before the harness's own check (which also \
          polls every 50 ms, but starts a new server connection each time): hence the negative values. A call \
-         whose first attempt comes after every connection is gone recovers the same way: dbguard's pool \
-         connects once per checkout and reports a refused connect at once (no connect backoff of its own \
-         inside the pool, as sqlx's had), so that attempt fails as `connection_refused` and its retry waits \
-         for the server like the others. Run with `DBGUARD_LOG=dbguard=debug` to see the retries.",
+         whose first attempt comes after every connection is gone waits in dbguard's checkout instead, which \
+         tries the connect again every 50 ms (the same cadence, no doubling backoff as in sqlx's pool) until \
+         `DB_POOL_TIMEOUT`, so it too is through within one poll of the server's return. Run with \
+         `DBGUARD_LOG=dbguard=debug` to see the retries.",
     );
     report.line("");
     drop(pg);

@@ -16,8 +16,8 @@ use sea_orm::{
     QueryResult, RuntimeErr, Statement, TransactionTrait,
 };
 use sea_query_sqlx::SqlxValues;
-use sqlx::postgres::{PgConnection, PgQueryResult, PgRow};
-use sqlx::{Execute, Executor as _, Postgres};
+use sqlx::postgres::{PgArguments, PgConnection};
+use sqlx::{Executor as _, IntoArguments, Postgres};
 
 use crate::pg_pool::{OwnedPgPool, PgObject, PooledPg};
 use crate::transaction::TxnOptions;
@@ -183,94 +183,46 @@ impl Owned {
     }
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
-        let sql = sql.to_owned();
-        self.with_conn(
-            move |conn| Box::pin(async move { conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(sql))).await }),
-            exec_err,
-        )
-        .await
-        .map(ExecResult::from)
+        let unprepared: Sendable = (sqlx::AssertSqlSafe(sql.to_owned()), None);
+        self.with_conn(move |conn| conn.execute(unprepared), exec_err).await.map(ExecResult::from)
     }
 
     async fn execute(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
-        match self.run_statement(stmt, Fetch::Done).await? {
-            Fetched::Done(result) => Ok(result.into()),
-            _ => unreachable!("asked for the statement's result"),
-        }
+        let sendable = self.sendable(stmt)?;
+        self.with_conn(move |conn| conn.execute(sendable), exec_err).await.map(ExecResult::from)
     }
 
     async fn query_all(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        match self.run_statement(stmt, Fetch::All).await? {
-            Fetched::All(rows) => Ok(rows.into_iter().map(QueryResult::from).collect()),
-            _ => unreachable!("asked for all rows"),
-        }
+        let sendable = self.sendable(stmt)?;
+        let rows = self.with_conn(move |conn| conn.fetch_all(sendable), query_err).await?;
+        Ok(rows.into_iter().map(QueryResult::from).collect())
     }
 
     async fn query_one(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
-        match self.run_statement(stmt, Fetch::Optional).await? {
-            Fetched::Optional(row) => Ok(row.map(QueryResult::from)),
-            _ => unreachable!("asked for at most one row"),
-        }
+        let sendable = self.sendable(stmt)?;
+        let row = self.with_conn(move |conn| conn.fetch_optional(sendable), query_err).await?;
+        Ok(row.map(QueryResult::from))
     }
 
-    /// Sends `stmt` as the statement mode says: a named, cached statement with bound values, or
-    /// the simple protocol with the values written in.
-    async fn run_statement(&self, stmt: Statement, fetch: Fetch) -> Result<Fetched, DbErr> {
-        let map_err = if fetch == Fetch::Done { exec_err } else { query_err };
-        let (sql, values) = match self.mode {
+    /// `stmt` as the statement mode sends it: a named, cached statement with bound values, or
+    /// (no arguments) the simple protocol with the values written in.
+    fn sendable(&self, stmt: Statement) -> Result<Sendable, DbErr> {
+        Ok(match self.mode {
             StatementMode::Prepared => {
-                let (sql, values) = split(stmt);
-                (sql, Some(values))
+                let values = stmt.values.unwrap_or(Values(Vec::new()));
+                (
+                    sqlx::AssertSqlSafe(stmt.sql),
+                    Some(<SqlxValues as IntoArguments<Postgres>>::into_arguments(SqlxValues(values))),
+                )
             }
-            StatementMode::Simple => (inline(stmt)?, None),
-        };
-        self.with_conn(
-            move |conn| {
-                Box::pin(async move {
-                    let sql = sqlx::AssertSqlSafe(sql);
-                    match values {
-                        Some(values) => fetch.from(conn, sqlx::query_with(sql, SqlxValues(values))).await,
-                        None => fetch.from(conn, sqlx::raw_sql(sql)).await,
-                    }
-                })
-            },
-            map_err,
-        )
-        .await
-    }
-}
-
-/// What a statement's caller wants back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fetch {
-    /// The command's result (rows affected).
-    Done,
-    /// Every row.
-    All,
-    /// The first row, if any.
-    Optional,
-}
-
-/// The answer to a [`Fetch`].
-enum Fetched {
-    Done(PgQueryResult),
-    All(Vec<PgRow>),
-    Optional(Option<PgRow>),
-}
-
-impl Fetch {
-    async fn from<'q>(
-        self,
-        conn: &mut PgConnection,
-        query: impl Execute<'q, Postgres> + 'q,
-    ) -> Result<Fetched, sqlx::Error> {
-        Ok(match self {
-            Fetch::Done => Fetched::Done(conn.execute(query).await?),
-            Fetch::All => Fetched::All(conn.fetch_all(query).await?),
-            Fetch::Optional => Fetched::Optional(conn.fetch_optional(query).await?),
+            StatementMode::Simple => (sqlx::AssertSqlSafe(inline(stmt)?), None),
         })
     }
 }
+
+/// A statement ready for sqlx: with arguments it is prepared (named and cached per
+/// connection); without, it goes over the simple query protocol.
+type Sendable = (sqlx::AssertSqlSafe<String>, Option<PgArguments>);
 
 /// A failed statement, as SeaORM reports one (so that classification sees the same shapes).
 fn exec_err(err: sqlx::Error) -> DbErr {
@@ -289,10 +241,6 @@ pub(crate) fn acquire_err(err: sqlx::Error) -> DbErr {
         sqlx::Error::PoolClosed => DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed),
         other => DbErr::Conn(RuntimeErr::SqlxError(other.into())),
     }
-}
-
-fn split(stmt: Statement) -> (String, Values) {
-    (stmt.sql, stmt.values.unwrap_or(Values(Vec::new())))
 }
 
 /// The statement with its parameters written in as literals, escaped by sea-query's

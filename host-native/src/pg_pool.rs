@@ -62,7 +62,6 @@ pub(crate) struct PgManager {
     session_setup: Option<String>,
     /// `DB_POOL_RECYCLE`: connections older than this are closed, not reused.
     max_lifetime: Duration,
-    connects: AtomicU64,
     /// Connections returned before this moment (nanoseconds after `epoch`) are validated at
     /// their next checkout, however briefly they were idle: one of their siblings broke.
     suspect_before_nanos: AtomicU64,
@@ -86,7 +85,6 @@ impl managed::Manager for PgManager {
     type Error = sqlx::Error;
 
     async fn create(&self) -> Result<PooledPg, sqlx::Error> {
-        self.connects.fetch_add(1, Ordering::Relaxed);
         let mut conn = self.options.connect().await?;
         if let Some(setup) = &self.session_setup {
             use sqlx::Executor as _;
@@ -150,7 +148,6 @@ impl OwnedPgPool {
             options,
             session_setup,
             max_lifetime: config.recycle,
-            connects: AtomicU64::new(0),
             suspect_before_nanos: AtomicU64::new(0),
             epoch: Instant::now(),
         };
@@ -234,11 +231,6 @@ impl OwnedPgPool {
         let status = self.pool.status();
         let to_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         OwnedPoolCounts { open: to_u32(status.size), idle: to_u32(status.available), waiting: to_u32(status.waiting) }
-    }
-
-    /// Connections opened since the pool was built (for tests and benches).
-    pub fn connects(&self) -> u64 {
-        self.pool.manager().connects.load(Ordering::Relaxed)
     }
 
     /// Closes the pool: waiting callers fail with `PoolClosed`, idle connections close now and

@@ -20,6 +20,7 @@ use sqlx::postgres::{PgArguments, PgConnection};
 use sqlx::{Executor as _, IntoArguments, Postgres};
 
 use crate::pg_pool::{OwnedPgPool, PgObject, PooledPg};
+use crate::stats::HotSeries;
 use crate::transaction::TxnOptions;
 
 /// A database connection for one attempt of a guarded call: implements
@@ -60,7 +61,6 @@ struct Owned {
 #[derive(Default)]
 struct Slot {
     object: Option<PgObject>,
-    checked_out_at: Option<Instant>,
     /// A statement was sent and its answer not yet read to the end: if the handle is dropped
     /// now, nobody knows what the connection will say next.
     in_flight: bool,
@@ -74,13 +74,10 @@ impl Drop for Owned {
     fn drop(&mut self) {
         let slot = self.slot.get_mut();
         let Some(mut object) = slot.object.take() else { return };
-        if let Some(since) = slot.checked_out_at {
-            metrics::histogram!(crate::stats::names::POOL_USAGE_SECONDS).record(since.elapsed().as_secs_f64());
-        }
+        let used_for = object.mark_returned(Instant::now());
+        HotSeries::with(|series| series.usage_seconds.record(used_for.as_secs_f64()));
         if slot.in_flight || slot.in_transaction || slot.broken {
             PooledPg::discard(object);
-        } else {
-            object.mark_returned();
         }
     }
 }
@@ -152,7 +149,6 @@ impl Owned {
         let mut slot = self.slot.lock().await;
         if slot.object.is_none() {
             slot.object = Some(self.pool.checkout().await?);
-            slot.checked_out_at = Some(Instant::now());
         }
         slot.in_flight = true;
         let Slot { object, .. } = &mut *slot;

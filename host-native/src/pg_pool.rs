@@ -17,13 +17,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dbguard_core::PoolConfig;
-use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use deadpool::managed::{self, Metrics, PoolError, RecycleError, RecycleResult};
 use sea_orm::DbErr;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions as _, Connection as _};
 
 use crate::conn::acquire_err;
 use crate::pool::{OVERFLOW_IDLE_TIMEOUT, VALIDATE_IF_IDLE_FOR};
+use crate::stats::HotSeries;
 
 /// How often the pool closes idle overflow connections and connections past their lifetime.
 const MAINTENANCE_PERIOD: Duration = Duration::from_secs(1);
@@ -34,17 +35,16 @@ pub(crate) struct PooledPg {
     pub(crate) conn: PgConnection,
     /// When the connection last went back to the pool (or was opened).
     returned_at: Instant,
+    /// When the connection was last checked out.
+    checked_out_at: Instant,
 }
 
 impl PooledPg {
-    /// Marks the connection as returned now: the idle window starts.
-    pub(crate) fn mark_returned(&mut self) {
-        self.returned_at = Instant::now();
-    }
-
-    /// How long the connection has been idle in the pool.
-    fn idle_for(&self) -> Duration {
-        self.returned_at.elapsed()
+    /// Marks the connection as returned `now`: the idle window starts. Returns how long it
+    /// was checked out.
+    pub(crate) fn mark_returned(&mut self, now: Instant) -> Duration {
+        self.returned_at = now;
+        now.saturating_duration_since(self.checked_out_at)
     }
 
     /// Takes a connection in an unknown state out of its pool and closes it (dropping the
@@ -73,9 +73,9 @@ impl PgManager {
         u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Whether `pooled` must be pinged before use.
-    fn needs_validation(&self, pooled: &PooledPg) -> bool {
-        pooled.idle_for() > VALIDATE_IF_IDLE_FOR
+    /// Whether `pooled` must be pinged before use `now`.
+    fn needs_validation(&self, pooled: &PooledPg, now: Instant) -> bool {
+        now.saturating_duration_since(pooled.returned_at) > VALIDATE_IF_IDLE_FOR
             || self.nanos_since_epoch(pooled.returned_at) < self.suspect_before_nanos.load(Ordering::Relaxed)
     }
 }
@@ -90,14 +90,19 @@ impl managed::Manager for PgManager {
             use sqlx::Executor as _;
             conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(setup.clone()))).await?;
         }
-        Ok(PooledPg { conn, returned_at: Instant::now() })
+        let now = Instant::now();
+        Ok(PooledPg { conn, returned_at: now, checked_out_at: now })
     }
 
     async fn recycle(&self, pooled: &mut PooledPg, metrics: &Metrics) -> RecycleResult<sqlx::Error> {
-        if metrics.age() >= self.max_lifetime {
+        // One clock read for both checks: this runs on every checkout.
+        let now = Instant::now();
+        if now.saturating_duration_since(metrics.created) >= self.max_lifetime {
             return Err(RecycleError::message("the connection reached DB_POOL_RECYCLE"));
         }
-        if self.needs_validation(pooled) {
+        if self.needs_validation(pooled, now) {
+            // No timeout of its own: the checkout's deadline ([`OwnedPgPool::checkout`]) bounds
+            // the ping together with everything else a checkout waits for.
             pooled.conn.ping().await.map_err(RecycleError::Backend)?;
         }
         Ok(())
@@ -158,7 +163,6 @@ impl OwnedPgPool {
             // One connect may take at most the acquire timeout; the whole checkout is bounded by
             // it too ([`OwnedPgPool::checkout`]).
             .create_timeout(Some(config.timeout))
-            .recycle_timeout(Some(config.timeout))
             .build()
             .expect("a runtime and a positive size are always given");
         let shape = Arc::new(PoolShape {
@@ -180,8 +184,7 @@ impl OwnedPgPool {
         let checkouts = (0..wanted).map(|_| self.checkout());
         let opened = futures::future::join_all(checkouts).await;
         for object in opened {
-            let mut object = object?;
-            object.mark_returned();
+            object?.mark_returned(Instant::now());
         }
         Ok(())
     }
@@ -196,17 +199,19 @@ impl OwnedPgPool {
     /// when the time is up the caller gets that connect's own error (`connection_refused`), not a
     /// pool timeout. Other connect failures (authentication, a missing database) come back at once.
     pub(crate) async fn checkout(&self) -> Result<PgObject, DbErr> {
-        let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + self.shape.acquire_timeout;
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.shape.acquire_timeout;
         let mut last_connect_error = None;
-        let object = loop {
+        let mut object = loop {
+            // tokio registers the deadline's timer only if the checkout has to wait: taking an
+            // idle connection that needs no ping completes at the first poll and arms nothing.
             let error = match tokio::time::timeout_at(deadline, self.pool.get()).await {
                 Ok(Ok(object)) => break object,
-                Ok(Err(managed::PoolError::Backend(err))) => err,
-                Ok(Err(managed::PoolError::Closed)) => return Err(acquire_err(sqlx::Error::PoolClosed)),
-                Ok(Err(managed::PoolError::Timeout(_))) | Err(_) => {
+                Ok(Err(PoolError::Backend(err))) => err,
+                Ok(Err(PoolError::Timeout(_))) | Err(_) => {
                     return Err(acquire_err(last_connect_error.unwrap_or(sqlx::Error::PoolTimedOut)));
                 }
+                Ok(Err(PoolError::Closed)) => return Err(acquire_err(sqlx::Error::PoolClosed)),
                 Ok(Err(other)) => return Err(DbErr::Custom(format!("connection pool: {other}"))),
             };
             let retry_at = tokio::time::Instant::now() + crate::reachability::POLL_INTERVAL;
@@ -216,7 +221,10 @@ impl OwnedPgPool {
             last_connect_error = Some(error);
             tokio::time::sleep_until(retry_at).await;
         };
-        metrics::histogram!(crate::stats::names::POOL_ACQUIRE_SECONDS).record(started.elapsed().as_secs_f64());
+        let checked_out = tokio::time::Instant::now();
+        object.checked_out_at = checked_out.into_std();
+        let waited = checked_out.saturating_duration_since(started);
+        HotSeries::with(|series| series.acquire_seconds.record(waited.as_secs_f64()));
         Ok(object)
     }
 
@@ -247,12 +255,13 @@ impl OwnedPgPool {
         let open = self.pool.status().size;
         let mut surplus = open.saturating_sub(self.shape.size);
         let max_lifetime = self.shape.max_lifetime;
+        let now = Instant::now();
         let removed = self.pool.retain(|pooled, metrics| {
             if metrics.age() >= max_lifetime {
                 surplus = surplus.saturating_sub(1);
                 return false;
             }
-            if surplus > 0 && pooled.idle_for() >= OVERFLOW_IDLE_TIMEOUT {
+            if surplus > 0 && now.saturating_duration_since(pooled.returned_at) >= OVERFLOW_IDLE_TIMEOUT {
                 surplus -= 1;
                 return false;
             }

@@ -1,5 +1,6 @@
 //! Counters for the status page, mirrored to the `metrics` facade as `dbguard_*` series.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -52,6 +53,78 @@ pub mod names {
 pub const DURATION_BUCKETS: &[f64] =
     &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
+/// The series every guarded call updates, registered with the current recorder once per
+/// thread instead of looked up by name on every call (a lookup hashes the key and reads a
+/// shared map; a handle is one atomic update).
+///
+/// The cache is keyed by the recorder's address, so installing the global recorder after calls
+/// have run (they registered with the no-op recorder) is picked up at the next call. A
+/// scoped local recorder (`metrics::with_local_recorder`) that is dropped and replaced by
+/// another at the same address keeps the first one's handles on threads that cached them;
+/// scoped recorders are a testing aid and the handles stay valid, so that costs misrouted
+/// test samples, never memory safety.
+pub(crate) struct HotSeries {
+    recorder: *const (),
+    calls_ok: metrics::Counter,
+    calls_error: metrics::Counter,
+    call_seconds: metrics::Histogram,
+    /// [`names::POOL_ACQUIRE_SECONDS`].
+    pub(crate) acquire_seconds: metrics::Histogram,
+    /// [`names::POOL_USAGE_SECONDS`].
+    pub(crate) usage_seconds: metrics::Histogram,
+}
+
+/// Where the hot series are registered from, as the `metrics` macros would report it.
+static HOT_METADATA: metrics::Metadata<'static> =
+    metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+static OUTCOME_OK: [metrics::Label; 1] = [metrics::Label::from_static_parts("outcome", "ok")];
+static OUTCOME_ERROR: [metrics::Label; 1] = [metrics::Label::from_static_parts("outcome", "error")];
+
+impl HotSeries {
+    fn register(recorder: &dyn metrics::Recorder) -> Self {
+        let histogram =
+            |name: &'static str| recorder.register_histogram(&metrics::Key::from_static_name(name), &HOT_METADATA);
+        Self {
+            recorder: recorder_address(recorder),
+            calls_ok: recorder
+                .register_counter(&metrics::Key::from_static_parts(names::CALLS, &OUTCOME_OK), &HOT_METADATA),
+            calls_error: recorder
+                .register_counter(&metrics::Key::from_static_parts(names::CALLS, &OUTCOME_ERROR), &HOT_METADATA),
+            call_seconds: histogram(names::CALL_SECONDS),
+            acquire_seconds: histogram(names::POOL_ACQUIRE_SECONDS),
+            usage_seconds: histogram(names::POOL_USAGE_SECONDS),
+        }
+    }
+
+    /// Runs `update` with this thread's handles for the current recorder.
+    pub(crate) fn with(update: impl Fn(&HotSeries)) {
+        thread_local! {
+            static CACHED: RefCell<Option<HotSeries>> = const { RefCell::new(None) };
+        }
+        metrics::with_recorder(|recorder| {
+            let current = recorder_address(recorder);
+            let updated = CACHED.try_with(|cached| {
+                let Ok(mut cached) = cached.try_borrow_mut() else { return false };
+                let series = match &mut *cached {
+                    Some(series) if series.recorder == current => series,
+                    stale => stale.insert(HotSeries::register(recorder)),
+                };
+                update(series);
+                true
+            });
+            if !matches!(updated, Ok(true)) {
+                // The thread is exiting (its cache is gone) or already inside an update:
+                // register for this one update.
+                update(&HotSeries::register(recorder));
+            }
+        });
+    }
+}
+
+fn recorder_address(recorder: &dyn metrics::Recorder) -> *const () {
+    std::ptr::from_ref(recorder).cast::<()>()
+}
+
 /// Log-spaced latency buckets: bucket `i` holds latencies below `2^i` microseconds.
 const BUCKETS: usize = 40;
 
@@ -94,8 +167,10 @@ impl Stats {
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         let bucket = (u64::BITS - micros.leading_zeros()) as usize;
         self.latency[bucket.min(BUCKETS - 1)].fetch_add(1, Relaxed);
-        metrics::counter!(names::CALLS, "outcome" => if ok { "ok" } else { "error" }).increment(1);
-        metrics::histogram!(names::CALL_SECONDS).record(elapsed.as_secs_f64());
+        HotSeries::with(|series| {
+            if ok { &series.calls_ok } else { &series.calls_error }.increment(1);
+            series.call_seconds.record(elapsed.as_secs_f64());
+        });
     }
 
     /// An attempt failed with `class`.

@@ -17,7 +17,7 @@
 //! | `DBGUARD_BENCH_POOL` | 16 | pool size of every pooled variant |
 //! | `DBGUARD_BENCH_ROWS` | 10000 | rows in `bench_items` |
 //! | `DBGUARD_BENCH_METRICS` | true | install dbguard's Prometheus recorder, as `dbguard serve` does |
-//! | `DBGUARD_BENCH_VARIANTS` | all | a subset, by key: raw, deadpool, seaorm-default, seaorm-options, dbguard, dbguard-simple, dbguard-wasm |
+//! | `DBGUARD_BENCH_VARIANTS` | all | a subset, by key: raw, deadpool, pool, seaorm-default, seaorm-options, dbguard, dbguard-simple, dbguard-wasm |
 //! | `DBGUARD_TEST_PG_URL` | postgres://postgres@127.0.0.1:5432/postgres | the server |
 //! | `DBGUARD_PLUGIN_DIR` | unset: build `plugin-wasi/guest` | where `decorrelated_retry.wasm` is |
 //!
@@ -83,6 +83,7 @@ enum Variant {
     RawSqlxUnnamed,
     RawSqlxSimple,
     Deadpool,
+    BarePool,
     SeaOrmDefault,
     SeaOrmDbguardOptions,
     DbguardFull,
@@ -94,9 +95,10 @@ enum Variant {
 /// when asked for by key (`DBGUARD_BENCH_VARIANTS=raw,raw-unnamed,raw-simple`).
 const MECHANISM_VARIANTS: [Variant; 2] = [Variant::RawSqlxUnnamed, Variant::RawSqlxSimple];
 
-const VARIANTS: [Variant; 7] = [
+const VARIANTS: [Variant; 8] = [
     Variant::RawSqlx,
     Variant::Deadpool,
+    Variant::BarePool,
     Variant::SeaOrmDefault,
     Variant::SeaOrmDbguardOptions,
     Variant::DbguardFull,
@@ -112,6 +114,7 @@ impl Variant {
             Variant::RawSqlxUnnamed => "raw-unnamed",
             Variant::RawSqlxSimple => "raw-simple",
             Variant::Deadpool => "deadpool",
+            Variant::BarePool => "pool",
             Variant::SeaOrmDefault => "seaorm-default",
             Variant::SeaOrmDbguardOptions => "seaorm-options",
             Variant::DbguardFull => "dbguard",
@@ -126,6 +129,7 @@ impl Variant {
             Variant::RawSqlxUnnamed => "raw sqlx, unnamed statements",
             Variant::RawSqlxSimple => "raw sqlx, simple protocol",
             Variant::Deadpool => "deadpool-postgres",
+            Variant::BarePool => "deadpool + sqlx connections, unguarded",
             Variant::SeaOrmDefault => "SeaORM default",
             Variant::SeaOrmDbguardOptions => "SeaORM + dbguard options",
             Variant::DbguardFull => "dbguard full path",
@@ -200,6 +204,7 @@ struct Setup {
 enum Target {
     Raw(Vec<PgConnection>, Variant),
     Deadpool(deadpool_postgres::Pool),
+    BarePool(deadpool::managed::Pool<BareManager>),
     SeaOrm(DatabaseConnection),
     Guarded { manager: DbManager, plugins: Option<PluginRuntime> },
 }
@@ -209,8 +214,42 @@ enum Worker {
     /// A dedicated connection, and which of the raw variants drives it.
     Raw(PgConnection, Variant),
     Deadpool(deadpool_postgres::Pool),
+    BarePool(deadpool::managed::Pool<BareManager>),
     SeaOrm(DatabaseConnection),
     Guarded(DbManager),
+}
+
+/// deadpool's managed pool of sqlx connections with nothing on top: no validation, no
+/// guard, no metrics. dbguard's pool is this plus its checks, so the row is the floor under
+/// the guarded rows and the gap to `raw sqlx` that any pool of these connections pays.
+struct BareManager {
+    url: String,
+}
+
+impl deadpool::managed::Manager for BareManager {
+    type Type = PgConnection;
+    type Error = sqlx::Error;
+
+    async fn create(&self) -> Result<PgConnection, sqlx::Error> {
+        PgConnection::connect(&self.url).await
+    }
+
+    async fn recycle(
+        &self,
+        _: &mut PgConnection,
+        _: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<sqlx::Error> {
+        Ok(())
+    }
+}
+
+/// The workload's statement on `conn`, named and cached as `raw sqlx` sends it.
+async fn sqlx_call(conn: &mut PgConnection, workload: Workload, id: i64, persistent: bool) -> Result<(), String> {
+    let query = match workload {
+        Workload::SelectOne => sqlx::query(SELECT_ONE),
+        Workload::IndexedRead => sqlx::query(INDEXED_READ).bind(id),
+    };
+    query.persistent(persistent).fetch_one(conn).await.map(drop).map_err(|e| e.to_string())
 }
 
 impl Worker {
@@ -224,13 +263,10 @@ impl Worker {
                 };
                 sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).fetch_one(&mut *conn).await.map(drop).map_err(|e| e.to_string())
             }
-            Worker::Raw(conn, variant) => {
-                let query = match workload {
-                    Workload::SelectOne => sqlx::query(SELECT_ONE),
-                    Workload::IndexedRead => sqlx::query(INDEXED_READ).bind(id),
-                };
-                let query = query.persistent(*variant != Variant::RawSqlxUnnamed);
-                query.fetch_one(&mut *conn).await.map(drop).map_err(|e| e.to_string())
+            Worker::Raw(conn, variant) => sqlx_call(conn, workload, id, *variant != Variant::RawSqlxUnnamed).await,
+            Worker::BarePool(pool) => {
+                let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+                sqlx_call(&mut conn, workload, id, true).await
             }
             Worker::Deadpool(pool) => {
                 let client = pool.get().await.map_err(|e| e.to_string())?;
@@ -287,6 +323,14 @@ impl Target {
                     .map_err(|e| e.to_string())?;
                 Ok(Target::Deadpool(pool))
             }
+            Variant::BarePool => {
+                let manager = BareManager { url: setup.url.clone() };
+                let pool = deadpool::managed::Pool::builder(manager)
+                    .max_size(pool as usize)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                Ok(Target::BarePool(pool))
+            }
             Variant::SeaOrmDefault => {
                 let mut options = ConnectOptions::new(setup.url.clone());
                 options.max_connections(pool);
@@ -324,6 +368,7 @@ impl Target {
         match self {
             Target::Raw(conns, variant) => conns.drain(..).map(|conn| Worker::Raw(conn, *variant)).collect(),
             Target::Deadpool(pool) => (0..tasks).map(|_| Worker::Deadpool(pool.clone())).collect(),
+            Target::BarePool(pool) => (0..tasks).map(|_| Worker::BarePool(pool.clone())).collect(),
             Target::SeaOrm(db) => (0..tasks).map(|_| Worker::SeaOrm(db.clone())).collect(),
             Target::Guarded { manager, .. } => (0..tasks).map(|_| Worker::Guarded(manager.clone())).collect(),
         }
@@ -346,6 +391,7 @@ impl Target {
         match self {
             Target::Raw(..) => {}
             Target::Deadpool(pool) => pool.close(),
+            Target::BarePool(pool) => pool.close(),
             Target::SeaOrm(db) => {
                 let _ = db.close().await;
             }

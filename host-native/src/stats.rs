@@ -282,6 +282,48 @@ fn percentile_ms(counts: &[u64], q: f64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    /// A recorder that counts the `dbguard_calls_total{outcome="ok"}` increments it receives.
+    #[derive(Default)]
+    struct CountingRecorder {
+        calls_ok: Arc<AtomicU64>,
+    }
+
+    impl metrics::Recorder for CountingRecorder {
+        fn describe_counter(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+        fn describe_gauge(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+        fn describe_histogram(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+        fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+            let ok = key.name() == names::CALLS && key.labels().any(|l| l.key() == "outcome" && l.value() == "ok");
+            if ok { metrics::Counter::from_arc(Arc::clone(&self.calls_ok)) } else { metrics::Counter::noop() }
+        }
+        fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+            metrics::Gauge::noop()
+        }
+        fn register_histogram(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Histogram {
+            metrics::Histogram::noop()
+        }
+    }
+
+    /// Handles cached while no recorder was installed must not swallow later calls: `dbguard
+    /// serve` installs its recorder after the manager has connected and run calls.
+    #[test]
+    fn calls_reach_a_recorder_installed_after_earlier_calls() {
+        let stats = Stats::default();
+        stats.on_call(Duration::from_micros(10), true);
+        let first = CountingRecorder::default();
+        let second = CountingRecorder::default();
+        metrics::with_local_recorder(&first, || stats.on_call(Duration::from_micros(10), true));
+        metrics::with_local_recorder(&second, || {
+            stats.on_call(Duration::from_micros(10), true);
+            stats.on_call(Duration::from_micros(10), true);
+        });
+        stats.on_call(Duration::from_micros(10), true);
+        assert_eq!(first.calls_ok.load(Relaxed), 1);
+        assert_eq!(second.calls_ok.load(Relaxed), 2);
+        assert_eq!(stats.summary().calls_total, 5);
+    }
 
     #[test]
     fn summary_counts_and_percentiles() {

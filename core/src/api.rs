@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::classify::ErrorClass;
 use crate::health::{HealthReport, PoolStatus};
+use crate::migrations::MigrationsReport;
 use crate::retry::BreakerState;
 
 /// Every successful response: `{ "success": true, "data": … }`.
@@ -128,4 +129,7 @@ pub struct DatabaseStatus {
     pub plugins: Vec<PluginStatus>,
     /// The most recent error a caller saw.
     pub last_error: Option<LastError>,
+    /// Applied and pending schema migrations, when the service has a migrations directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrations: Option<MigrationsReport>,
 }

@@ -44,6 +44,7 @@ pub mod api;
 pub mod classify;
 pub mod config;
 pub mod health;
+pub mod migrations;
 pub mod retry;
 pub mod rng;
 pub mod schema;
@@ -57,6 +58,7 @@ pub use config::{
     StatementMode, TargetSessionAttrs,
 };
 pub use health::{CachedReport, CheckResult, CheckStatus, HealthReport, HealthStatus, PoolStatus};
+pub use migrations::{AppliedMigration, KnownMigration, MigrationEntry, MigrationState, MigrationsReport};
 pub use retry::{
     Admission, AttemptInfo, BreakerConfig, BreakerState, CallGuard, CircuitBreaker, Decision, GiveUpReason,
     Idempotency, Jitter, PolicyVerdict, RetryBudget, RetryPolicy, RetryState, Transition,

@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::api::{DatabaseStatus, ErrorBody, SuccessEnvelope};
 use crate::config::ConnectionInfo;
 use crate::health::HealthReport;
+use crate::migrations::MigrationsReport;
 
 /// Every exported schema: `(file stem, schema)`. File names are `<stem>.schema.json`.
 pub fn all_schemas() -> Vec<(&'static str, Schema)> {
@@ -18,6 +19,7 @@ pub fn all_schemas() -> Vec<(&'static str, Schema)> {
         ("connection-info", schema_for::<ConnectionInfo>()),
         ("database-status", schema_for::<DatabaseStatus>()),
         ("error-body", schema_for::<ErrorBody>()),
+        ("migrations-report", schema_for::<MigrationsReport>()),
         ("health-response", titled(schema_for::<SuccessEnvelope<HealthReport>>(), "HealthResponse")),
         ("info-response", titled(schema_for::<SuccessEnvelope<ConnectionInfo>>(), "InfoResponse")),
         ("status-response", titled(schema_for::<SuccessEnvelope<DatabaseStatus>>(), "StatusResponse")),

@@ -71,6 +71,8 @@ pub(crate) struct HealthState {
     ttl: Duration,
     /// Checks from outside core (plugins); none unless installed.
     extra_checks: ArcSwapOption<Arc<dyn ExtraChecks>>,
+    /// Migrations whose state every probe reports; none unless watched.
+    pub(crate) migrations: ArcSwapOption<crate::migrate::MigrationSet>,
 }
 
 impl HealthState {
@@ -84,6 +86,7 @@ impl HealthState {
             monitor_running: AtomicBool::new(false),
             ttl: config.health.cache_ttl,
             extra_checks: ArcSwapOption::empty(),
+            migrations: ArcSwapOption::empty(),
         }
     }
 
@@ -211,15 +214,14 @@ impl DbManager {
         let slot = self.pool_slot();
         let span = tracing::debug_span!("health_probe", database = config.database_type().as_str());
         let _entered = span.enter();
+        let conn = slot.pools.conn();
         let (version, mut checks, failure) = match config.database_type() {
             DatabaseType::Postgresql => {
-                let conn = slot.pools.conn();
                 let (version, observed, failure) = observe_postgres(&conn, &thresholds, inner).await;
                 (version, postgres_checks(&observed, &thresholds), failure)
             }
             DatabaseType::Sqlite => {
                 let quick_check = number.is_multiple_of(QUICK_CHECK_EVERY);
-                let conn = slot.pools.conn();
                 let (version, observed, failure) = observe_sqlite(&conn, &thresholds, quick_check, inner).await;
                 (version, sqlite_checks(&observed, &thresholds), failure)
             }
@@ -227,6 +229,9 @@ impl DbManager {
         // The response time is the database's; extra checks run after it is measured.
         let elapsed = started.elapsed();
         checks.extend(self.run_extra_checks(failure.is_none(), thresholds.timeout).await);
+        if failure.is_none() {
+            checks.extend(self.migrations_check(&conn).await);
+        }
         let report = HealthReport::from_checks(
             config.database_type(),
             version,

@@ -36,6 +36,7 @@ pub mod env;
 mod error;
 mod health;
 mod manager;
+pub mod migrate;
 mod pg_pool;
 #[cfg(feature = "plugins")]
 pub mod plugins;

@@ -398,6 +398,7 @@ impl DbManager {
             breaker: self.breaker_state(),
             plugins: self.inner.plugin_directory.load().as_ref().map(|d| d.plugins()).unwrap_or_default(),
             last_error: self.inner.stats.last_error(),
+            migrations: self.watched_migrations().await,
         }
     }
 

@@ -292,10 +292,15 @@ pub(crate) fn session_setup_sql(config: &DbConfig) -> Option<String> {
 /// sqlx's connect options for dbguard's own pool on the `server`-th host: TLS mode,
 /// `application_name` and statement logging as configured.
 fn pg_connect_options(config: &DbConfig, server: usize) -> Result<PgConnectOptions, DbErr> {
+    pg_session_options(config, server).map_err(|err| DbErr::Conn(sea_orm::RuntimeErr::SqlxError(err.into())))
+}
+
+/// Options for one PostgreSQL session to the `server`-th host outside any pool, with the TLS
+/// mode, application name and statement logging the pools use.
+pub(crate) fn pg_session_options(config: &DbConfig, server: usize) -> Result<PgConnectOptions, sqlx::Error> {
     use sqlx::ConnectOptions as _;
     let options = driver_url(config, server)
-        .parse::<PgConnectOptions>()
-        .map_err(|err| DbErr::Conn(sea_orm::RuntimeErr::SqlxError(err.into())))?
+        .parse::<PgConnectOptions>()?
         .ssl_mode(pg_ssl_mode(config.ssl_mode))
         .application_name(APPLICATION_NAME);
     Ok(if config.echo {

@@ -75,6 +75,10 @@ pub mod vars {
     pub const DBGUARD_PLUGIN_DIR: &str = "DBGUARD_PLUGIN_DIR";
     /// Whether `/metrics` needs a token.
     pub const DBGUARD_METRICS_AUTH: &str = "DBGUARD_METRICS_AUTH";
+    /// Directory of schema migrations (`migrate`, the migrations health check).
+    pub const DBGUARD_MIGRATIONS: &str = "DBGUARD_MIGRATIONS";
+    /// Whether `serve` applies pending migrations before it starts serving.
+    pub const DBGUARD_MIGRATE_ON_START: &str = "DBGUARD_MIGRATE_ON_START";
     /// Log line format: `json` or `text`.
     pub const DBGUARD_LOG_FORMAT: &str = "DBGUARD_LOG_FORMAT";
     /// HS256 secret for API tokens.
@@ -115,6 +119,8 @@ pub mod vars {
         DBGUARD_BIND,
         DBGUARD_PLUGIN_DIR,
         DBGUARD_METRICS_AUTH,
+        DBGUARD_MIGRATIONS,
+        DBGUARD_MIGRATE_ON_START,
         DBGUARD_LOG_FORMAT,
         JWT_SECRET,
         "JWT_SECRET_FILE",
@@ -378,6 +384,10 @@ pub struct ServiceConfig {
     pub plugin_dir: Option<String>,
     /// Whether `/metrics` requires a `db:read` token.
     pub metrics_auth: bool,
+    /// Directory of schema migrations; [`DEFAULT_MIGRATIONS_DIR`] unless set.
+    pub migrations_dir: String,
+    /// Whether `serve` runs `migrate up` before serving.
+    pub migrate_on_start: bool,
     /// How log lines are written.
     pub log_format: LogFormat,
     /// Token verification.
@@ -410,6 +420,10 @@ pub struct DbConfig {
     /// Variables that look like dbguard's (`DB_*`, `DBGUARD_*`) but are not known: likely typos.
     pub unknown_variables: Vec<String>,
 }
+
+/// The migrations directory when `DBGUARD_MIGRATIONS` is not set, relative to the working
+/// directory.
+pub const DEFAULT_MIGRATIONS_DIR: &str = "migrations";
 
 /// The SQLite database used when development runs without `DATABASE_URL`.
 pub const DEVELOPMENT_DEFAULT_URL: &str = "sqlite://data/dbguard.db";

@@ -313,6 +313,10 @@ impl Parser<'_> {
             bind,
             plugin_dir: self.non_empty(vars::DBGUARD_PLUGIN_DIR, "a directory path")?,
             metrics_auth: self.boolean(vars::DBGUARD_METRICS_AUTH)?.unwrap_or(false),
+            migrations_dir: self
+                .non_empty(vars::DBGUARD_MIGRATIONS, "a directory path")?
+                .unwrap_or_else(|| super::DEFAULT_MIGRATIONS_DIR.to_owned()),
+            migrate_on_start: self.boolean(vars::DBGUARD_MIGRATE_ON_START)?.unwrap_or(false),
             log_format: self.log_format(profile)?,
             auth,
         })

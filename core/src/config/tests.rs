@@ -130,6 +130,8 @@ fn overrides_apply() {
         ("DBGUARD_BIND", "0.0.0.0:9000"),
         ("DBGUARD_PLUGIN_DIR", "/etc/dbguard/plugins"),
         ("DBGUARD_METRICS_AUTH", "true"),
+        ("DBGUARD_MIGRATIONS", "db/migrations"),
+        ("DBGUARD_MIGRATE_ON_START", "yes"),
     ])
     .expect("valid overrides");
     assert_eq!(config.pool.size, 7);
@@ -156,6 +158,8 @@ fn overrides_apply() {
     assert_eq!(config.service.bind, "0.0.0.0:9000");
     assert_eq!(config.service.plugin_dir.as_deref(), Some("/etc/dbguard/plugins"));
     assert!(config.service.metrics_auth);
+    assert_eq!(config.service.migrations_dir, "db/migrations");
+    assert!(config.service.migrate_on_start);
     assert_eq!(config.ssl_mode, SslMode::Prefer);
 }
 
@@ -222,6 +226,8 @@ fn every_bad_value_names_its_variable() {
         ("DB_MAX_OVERFLOW", "+0"),
         ("DBGUARD_PLUGIN_DIR", ""),
         ("DBGUARD_METRICS_AUTH", "sure"),
+        ("DBGUARD_MIGRATIONS", ""),
+        ("DBGUARD_MIGRATE_ON_START", "later"),
         ("JWT_SECRET", "short"),
         ("JWT_ISSUER", " "),
         ("JWT_AUDIENCE", ""),

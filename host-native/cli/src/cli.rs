@@ -1,4 +1,4 @@
-//! The `dbguard` command line: `serve`, `check`, `info`, `schemas`, `token`, `wasi run`.
+//! The `dbguard` command line: `serve`, `check`, `info`, `migrate`, `schemas`, `token`, `wasi run`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +9,8 @@ use dbguard::{DbManager, env};
 use dbguard_http::api::{self, AppState};
 use dbguard_http::auth::{Authenticator, parse_ttl};
 
-use crate::{logging, wasi_run};
+use crate::migrate::MigrateCommand;
+use crate::{logging, migrate, wasi_run};
 use dbguard_core::{DbConfig, LogFormat, Profile};
 
 /// EX_CONFIG (sysexits.h): the configuration is invalid.
@@ -52,6 +53,12 @@ enum Command {
     },
     /// Print what dbguard connects to (never the password), as JSON.
     Info,
+    /// Apply, revert, list or create schema migrations (DBGUARD_MIGRATIONS, default
+    /// `migrations/`); many instances may run `up` at once, one migrates.
+    Migrate {
+        #[command(subcommand)]
+        command: MigrateCommand,
+    },
     /// Write the JSON Schemas and openapi.json.
     Schemas {
         /// Output directory.
@@ -142,6 +149,7 @@ impl Cli {
                         Command::Serve { bind } => serve(config, bind).await,
                         Command::Check { force, json } => check(config, force, json).await,
                         Command::Info => info(&config),
+                        Command::Migrate { command } => migrate::run(config, command).await,
                         Command::Token { scope, ttl, subject } => token(&config, &scope, &ttl, &subject),
                         Command::Schemas { .. } => ExitCode::SUCCESS,
                         Command::Wasi { .. } => ExitCode::SUCCESS,
@@ -175,6 +183,10 @@ async fn serve(config: DbConfig, bind: Option<String>) -> ExitCode {
             return ExitCode::from(EXIT_UNAVAILABLE);
         }
     };
+    if let Err(code) = migrate::on_serve_start(&manager).await {
+        manager.close().await;
+        return code;
+    }
     let state = match attach_plugins(AppState::new(manager.clone(), auth), &manager, plugin_dir).await {
         Ok(state) => state,
         Err(code) => return code,
@@ -297,6 +309,7 @@ async fn check(config: DbConfig, _force: bool, json: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    migrate::watch_if_present(&manager).await;
     // A fresh process has no cache: this always probes.
     let report = manager.check_health(true).await;
     if json {

@@ -251,13 +251,11 @@ pub enum MigrationError {
     },
     /// The database has applied a migration this binary does not ship (a rollback deploy).
     #[error(
-        "the database has applied migration {version} ({description}), which is not in this binary's migrations; deploy the binary that has it, or revert it with that binary"
+        "the database has applied migration {version}, which is not in this binary's migrations; deploy the binary that has it, or revert it with that binary (`dbguard migrate status` lists it)"
     )]
     UnknownApplied {
         /// Its version.
         version: i64,
-        /// Its description, as recorded.
-        description: String,
     },
     /// A migration started and did not finish (a failed `-- no-transaction` migration).
     #[error("migration {version} is partially applied: repair the schema, then delete its row from _sqlx_migrations")]
@@ -360,10 +358,7 @@ fn refuse_out_of_step(set: &MigrationSet, report: &MigrationsReport) -> Result<(
                 return Err(MigrationError::Changed { version: entry.version, file: set.up_file(entry.version) });
             }
             MigrationState::Unknown => {
-                return Err(MigrationError::UnknownApplied {
-                    version: entry.version,
-                    description: entry.description.clone(),
-                });
+                return Err(MigrationError::UnknownApplied { version: entry.version });
             }
             MigrationState::Applied | MigrationState::Pending => {}
         }

@@ -543,16 +543,24 @@ impl Session {
             sqlx::Error::Database(db) => db.message().to_owned(),
             other => redactor.scrub(&other.to_string()),
         };
-        let statement = match driver_error {
-            sqlx::Error::Database(db) => match db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
-                Some(pg) => match pg.position() {
-                    Some(sqlx::postgres::PgErrorPosition::Original(position)) => statement_at(sql, position),
+        // PostgreSQL says where most errors are; where it does not (and always on SQLite), the
+        // statement is found by running the script again in a transaction that is rolled back.
+        let reported = match driver_error {
+            sqlx::Error::Database(db) => db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .and_then(|pg| match pg.position() {
+                    Some(sqlx::postgres::PgErrorPosition::Original(position)) => byte_of_char(sql, position),
                     _ => None,
-                },
-                None if !no_transaction => self.locate_failing_statement(sql).await,
-                None => None,
-            },
+                })
+                .and_then(|byte| statement_at(sql, byte)),
             _ => None,
+        };
+        let statement = match reported {
+            Some(statement) => Some(statement),
+            None if !no_transaction && matches!(driver_error, sqlx::Error::Database(_)) => {
+                self.locate_failing_statement(sql).await
+            }
+            None => None,
         };
         MigrationError::Failed {
             version,
@@ -564,27 +572,11 @@ impl Session {
         }
     }
 
-    /// SQLite does not say where in a script a statement failed. Runs the script's statements
-    /// one by one inside a transaction that is always rolled back, and returns the first that
-    /// fails, as `line N: <statement>`. Only for scripts that ran in a transaction (the failed
-    /// run left nothing), while the migration lock is still held.
+    /// Runs the script's statements one by one inside a transaction that is always rolled
+    /// back, and returns the first that fails, as `line N: <statement>`. Only for scripts that
+    /// ran in a transaction (so the failed run left nothing), while the lock is still held.
     async fn locate_failing_statement(&mut self, sql: &str) -> Option<String> {
-        #[cfg(feature = "sqlite")]
-        if let Self::Sqlite { conn, .. } = self {
-            use sqlx::Executor as _;
-            let mut transaction = conn.begin().await.ok()?;
-            let mut found = None;
-            for (offset, statement) in split_statements(sql) {
-                if transaction.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_owned()))).await.is_err() {
-                    found = statement_at(sql, offset + 1);
-                    break;
-                }
-            }
-            let _ = transaction.rollback().await;
-            return found;
-        }
-        let _ = sql;
-        None
+        with_connection!(self, conn => first_failing_statement(conn, sql).await)
     }
 
     async fn close(self) {
@@ -608,9 +600,34 @@ async fn applied_rows<C: Migrate + ?Sized>(conn: &mut C) -> Result<Vec<AppliedMi
         .collect())
 }
 
-/// `line N: <statement>` for the statement around the 1-based character `position` of `sql`.
-fn statement_at(sql: &str, position: usize) -> Option<String> {
-    let offset = sql.char_indices().nth(position.checked_sub(1)?).map(|(byte, _)| byte)?;
+async fn first_failing_statement<C>(conn: &mut C, sql: &str) -> Option<String>
+where
+    C: sqlx::Connection,
+    for<'t> &'t mut <C::Database as sqlx::Database>::Connection: sqlx::Executor<'t, Database = C::Database>,
+{
+    let mut transaction = conn.begin().await.ok()?;
+    let mut found = None;
+    for (offset, statement) in split_statements(sql) {
+        let attempt = sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_owned())).execute(&mut *transaction).await;
+        if attempt.is_err() {
+            found = statement_at(sql, offset);
+            break;
+        }
+    }
+    let _ = transaction.rollback().await;
+    found
+}
+
+/// The byte offset of the 1-based character `position` (PostgreSQL counts characters).
+fn byte_of_char(sql: &str, position: usize) -> Option<usize> {
+    sql.char_indices().nth(position.checked_sub(1)?).map(|(byte, _)| byte)
+}
+
+/// `line N: <statement>` for the statement around byte `offset` of `sql`.
+fn statement_at(sql: &str, offset: usize) -> Option<String> {
+    if offset >= sql.len() {
+        return None;
+    }
     let start =
         split_statements(sql).into_iter().map(|(start, _)| start).take_while(|&start| start <= offset).last()?;
     let (_, statement) = split_statements(sql).into_iter().find(|&(begin, _)| begin == start)?;
@@ -787,8 +804,16 @@ mod tests {
     fn a_position_names_its_statement_and_line() {
         let sql = "CREATE TABLE a (x int);\n\nINSERT INTO missing\n  VALUES (1);\nSELECT 1;";
         let position = sql.find("missing").unwrap() + 1;
-        assert_eq!(statement_at(sql, position).as_deref(), Some("line 3: INSERT INTO missing VALUES (1)"));
-        assert_eq!(statement_at(sql, 1).as_deref(), Some("line 1: CREATE TABLE a (x int)"));
+        let byte = byte_of_char(sql, position).unwrap();
+        assert_eq!(statement_at(sql, byte).as_deref(), Some("line 3: INSERT INTO missing VALUES (1)"));
+        assert_eq!(statement_at(sql, 0).as_deref(), Some("line 1: CREATE TABLE a (x int)"));
         assert_eq!(statement_at(sql, 10_000), None);
+        // Characters, not bytes: a multi-byte character before the error moves the byte offset.
+        let accented = "INSERT INTO é VALUES (1);\nINSERT INTO missing VALUES (2);";
+        let position = accented.chars().position(|c| c == 'm').unwrap() + 1;
+        assert_eq!(
+            byte_of_char(accented, position).and_then(|b| statement_at(accented, b)).as_deref(),
+            Some("line 2: INSERT INTO missing VALUES (2)")
+        );
     }
 }

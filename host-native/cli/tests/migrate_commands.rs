@@ -540,3 +540,22 @@ async fn the_migrations_check_passes_warns_and_fails_and_status_lists_them() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_error_without_a_position_still_names_its_statement() {
+    let Some(target) = postgres("error_without_position").await else { return };
+    // "already exists" comes without a position in the script: the statement is found by
+    // running the script again in a transaction that is rolled back.
+    let twice = "CREATE TABLE twice (id INTEGER);\n-- the same again\nCREATE TABLE twice (id INTEGER);\n";
+    let dir = workdir(&[("20260101000001_twice", twice, "DROP TABLE twice;\n")]);
+    let ran = run(migrate(dir.path(), &target.url(), &["up"]));
+    assert_eq!(ran.code(), Some(1), "{}", ran.describe());
+    assert!(
+        ran.stderr.contains("20260101000001_twice.up.sql failed at line 3: CREATE TABLE twice (id INTEGER)"),
+        "{}",
+        ran.describe()
+    );
+    assert!(ran.stderr.contains("(code 42P07)"), "{}", ran.describe());
+    assert!(!target.has_table("twice").await, "neither the migration nor the search left the table");
+    assert_eq!(target.applied_versions().await, Vec::<i64>::new());
+}

@@ -15,9 +15,10 @@
 //!   whether the migration was rolled back.
 //!
 //! A file that starts with `-- no-transaction` (sqlx's marker, needed for `CREATE INDEX
-//! CONCURRENTLY`) runs outside a transaction, as sqlx documents: if it fails part-way, the
-//! statements before the failure stay applied and no row is recorded, so the error says it was
-//! not rolled back.
+//! CONCURRENTLY`) runs outside a transaction, as sqlx documents: if it fails part-way, what it
+//! did before the failure may stay (PostgreSQL still wraps a multi-statement script in one
+//! implicit transaction where it can; `CONCURRENTLY` cannot be) and no row is recorded, so the
+//! error says to check the schema.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -211,7 +212,7 @@ pub enum MigrationError {
         statement.as_ref().map(|s| format!(" at {s}")).unwrap_or_default(),
         code.as_ref().map(|c| format!(" (code {c})")).unwrap_or_default(),
         if *rolled_back { "it was rolled back; earlier migrations stay applied, later ones were not run" }
-        else { "it ran outside a transaction (-- no-transaction) and was NOT rolled back: statements before the failure stay applied; repair the schema by hand" })]
+        else { "it ran without a migration transaction (-- no-transaction), so what it did before the failure may stay: check the schema before running it again" })]
     Failed {
         /// The migration's version.
         version: i64,

@@ -797,6 +797,20 @@ fn rows() -> Vec<Row> {
             Invalid,
             "a directory path",
         ),
+        row(
+            "migrations dir blank",
+            &[("DBGUARD_MIGRATIONS", To(" "))],
+            "DBGUARD_MIGRATIONS",
+            Invalid,
+            "a directory path",
+        ),
+        row(
+            "migrate on start as a word",
+            &[("DBGUARD_MIGRATE_ON_START", To("sometimes"))],
+            "DBGUARD_MIGRATE_ON_START",
+            Invalid,
+            BOOL,
+        ),
         // API keys.
         row("JWT secret empty", &[("JWT_SECRET", To(""))], "JWT_SECRET", Invalid, "at least 32 bytes (got 0)"),
         row(

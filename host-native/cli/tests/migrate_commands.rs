@@ -559,3 +559,26 @@ async fn a_postgres_error_without_a_position_still_names_its_statement() {
     assert!(!target.has_table("twice").await, "neither the migration nor the search left the table");
     assert_eq!(target.applied_versions().await, Vec::<i64>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_transactional_migration_runs_outside_a_transaction_and_says_so_when_it_fails() {
+    let Some(target) = postgres("no_transaction_migration").await else { return };
+    // CREATE INDEX CONCURRENTLY refuses to run inside a transaction block: it only works here
+    // because the file opts out of the migration transaction.
+    let index = "-- no-transaction\nCREATE INDEX CONCURRENTLY applied_log_version ON applied_log (version);\n";
+    let dir = workdir(&[THREE[0], ("20260101000002_index_log", index, "DROP INDEX applied_log_version;\n")]);
+    let url = target.url();
+    let ran = run(migrate(dir.path(), &url, &["up"]));
+    assert_eq!(ran.code(), Some(0), "{}", ran.describe());
+    let indexes = target.integers("SELECT count(*) FROM pg_indexes WHERE indexname = 'applied_log_version'").await;
+    assert_eq!(indexes, [1]);
+
+    // The same opt-out on a failing file: the error does not claim a rollback.
+    let failing = "-- no-transaction\nCREATE INDEX CONCURRENTLY broken ON no_such_table (id);\n";
+    write_migration(dir.path(), "20260101000003_broken_index", failing, "DROP INDEX broken;\n");
+    let ran = run(migrate(dir.path(), &url, &["up"]));
+    assert_eq!(ran.code(), Some(1), "{}", ran.describe());
+    assert!(ran.stderr.contains("20260101000003_broken_index.up.sql failed"), "{}", ran.describe());
+    assert!(ran.stderr.contains("without a migration transaction"), "{}", ran.describe());
+    assert!(!ran.stderr.contains("it was rolled back"), "{}", ran.describe());
+}

@@ -297,8 +297,7 @@ pub async fn migrate_up(
     let redactor = Redactor::from_config(config);
     let (mut session, waited_for_lock) = Session::open(config, &redactor, events).await?;
     let outcome = async {
-        let report = compare(&set.known(), &session.applied().await.map_err(|err| own_failure(err, &redactor))?);
-        refuse_out_of_step(set, &report)?;
+        let report = session.checked_report(set, &redactor).await?;
         let mut run = MigrationRun { versions: Vec::new(), waited_for_lock };
         for version in report.versions(MigrationState::Pending) {
             let started = std::time::Instant::now();
@@ -325,8 +324,7 @@ pub async fn migrate_down(
     let redactor = Redactor::from_config(config);
     let (mut session, waited_for_lock) = Session::open(config, &redactor, events).await?;
     let outcome = async {
-        let report = compare(&set.known(), &session.applied().await.map_err(|err| own_failure(err, &redactor))?);
-        refuse_out_of_step(set, &report)?;
+        let report = session.checked_report(set, &redactor).await?;
         let applied = report.versions(MigrationState::Applied);
         let to_revert: Vec<i64> = applied.iter().rev().take(steps).copied().collect();
         if let Some(&version) = to_revert.iter().find(|&&version| set.down_file(version).is_none()) {
@@ -365,10 +363,6 @@ fn refuse_out_of_step(set: &MigrationSet, report: &MigrationsReport) -> Result<(
         }
     }
     Ok(())
-}
-
-fn own_failure(err: MigrateError, redactor: &Redactor) -> MigrationError {
-    MigrationError::Database(redactor.scrub(&err.to_string()))
 }
 
 /// One connection that holds the migration lock for the whole run. Dropping it (or closing
@@ -500,6 +494,19 @@ impl Session {
                 Err(std::fs::TryLockError::Error(err)) => Err(err.into()),
             },
         }
+    }
+
+    /// The files compared with the migrator's table, or the refusal when the two are out of
+    /// step.
+    async fn checked_report(
+        &mut self,
+        set: &MigrationSet,
+        redactor: &Redactor,
+    ) -> Result<MigrationsReport, MigrationError> {
+        let applied = self.applied().await.map_err(|err| MigrationError::Database(redactor.scrub(&err.to_string())))?;
+        let report = compare(&set.known(), &applied);
+        refuse_out_of_step(set, &report)?;
+        Ok(report)
     }
 
     /// The migrator's table, as sqlx reads it (creating it on first use).

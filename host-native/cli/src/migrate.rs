@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Subcommand;
 use dbguard::DbManager;
-use dbguard::migrate::{self, MigrationError, MigrationEvent, MigrationSet};
+use dbguard::migrate::{self, MigrationError, MigrationEvent, MigrationRun, MigrationSet};
 use dbguard_core::migrations::{MigrationState, MigrationsReport};
 use dbguard_core::{DbConfig, LogFormat};
 
@@ -75,32 +75,20 @@ pub async fn run(config: DbConfig, command: MigrateCommand) -> ExitCode {
     };
     let mut events = event_printer(config.service.log_format);
     match command {
-        MigrateCommand::Up => match migrate::migrate_up(&config, &set, &mut events).await {
-            Ok(run) if run.versions.is_empty() => {
-                println!("nothing to apply: the database is at the newest migration");
-                ExitCode::SUCCESS
-            }
-            Ok(run) => {
-                println!("applied {} migration(s)", run.versions.len());
-                ExitCode::SUCCESS
-            }
-            Err(err) => fail(&err),
-        },
+        MigrateCommand::Up => finish(
+            migrate::migrate_up(&config, &set, &mut events).await,
+            "applied",
+            "nothing to apply: the database is at the newest migration",
+        ),
         MigrateCommand::Down { steps: 0 } => {
             eprintln!("dbguard: migrate down needs a number of migrations above 0");
             ExitCode::from(EXIT_USAGE)
         }
-        MigrateCommand::Down { steps } => match migrate::migrate_down(&config, &set, steps, &mut events).await {
-            Ok(run) if run.versions.is_empty() => {
-                println!("nothing to revert: no migration is applied");
-                ExitCode::SUCCESS
-            }
-            Ok(run) => {
-                println!("reverted {} migration(s)", run.versions.len());
-                ExitCode::SUCCESS
-            }
-            Err(err) => fail(&err),
-        },
+        MigrateCommand::Down { steps } => finish(
+            migrate::migrate_down(&config, &set, steps, &mut events).await,
+            "reverted",
+            "nothing to revert: no migration is applied",
+        ),
         MigrateCommand::Status { json } => status(config, &set, json).await,
         MigrateCommand::New { .. } => ExitCode::SUCCESS,
     }
@@ -206,6 +194,17 @@ fn event_printer(format: LogFormat) -> impl FnMut(MigrationEvent) + Send {
 
 fn millis(duration: Duration) -> String {
     format!("{} ms", duration.as_millis())
+}
+
+/// Prints how a run ended: `<done> N migration(s)`, `nothing` when it changed nothing, or the
+/// error.
+fn finish(outcome: Result<MigrationRun, MigrationError>, done: &str, nothing: &str) -> ExitCode {
+    match outcome {
+        Ok(run) if run.versions.is_empty() => println!("{nothing}"),
+        Ok(run) => println!("{done} {} migration(s)", run.versions.len()),
+        Err(err) => return fail(&err),
+    }
+    ExitCode::SUCCESS
 }
 
 fn fail(err: &MigrationError) -> ExitCode {

@@ -71,8 +71,8 @@ pub(crate) struct HealthState {
     ttl: Duration,
     /// Checks from outside core (plugins); none unless installed.
     extra_checks: ArcSwapOption<Arc<dyn ExtraChecks>>,
-    /// Migrations whose state every probe reports; none unless watched.
-    pub(crate) migrations: ArcSwapOption<crate::migrate::MigrationSet>,
+    /// The migrations whose state every probe reports; none unless watched.
+    pub(crate) migrations: ArcSwapOption<crate::migrate::MigrationCatalog>,
 }
 
 impl HealthState {

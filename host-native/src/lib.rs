@@ -12,7 +12,9 @@
 //! lives in `dbguard-http` and the `dbguard` command in `dbguard-cli`.
 //!
 //! PostgreSQL is always built in. Features: `sqlite` (opt-in: it builds the SQLite C library),
-//! `plugins` (WebAssembly retry policies and health checks through wasmtime; see [`plugins`]).
+//! `plugins` (WebAssembly retry policies and health checks through wasmtime; see [`plugins`]),
+//! `sea-orm-migration` (guarded runs of a SeaORM migrator; see [`migrate`]). Schema migrations
+//! from a directory of SQL files are always built in ([`migrate`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

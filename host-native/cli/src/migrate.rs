@@ -106,7 +106,7 @@ pub async fn on_serve_start(manager: &DbManager) -> Result<(), ExitCode> {
         let mut events = event_printer(config.service.log_format);
         let run = migrate::migrate_up(config, &set, &mut events).await.map_err(|err| fail(&err))?;
         tracing::info!(applied = run.versions.len(), directory = %directory, "migrations applied at start");
-        manager.watch_migrations(Some(set));
+        manager.watch_migrations(Some(set.catalog()));
     } else {
         watch_if_present(manager).await;
     }
@@ -118,7 +118,7 @@ pub async fn on_serve_start(manager: &DbManager) -> Result<(), ExitCode> {
 pub async fn watch_if_present(manager: &DbManager) {
     let directory = &manager.config().service.migrations_dir;
     match MigrationSet::load(directory).await {
-        Ok(set) => manager.watch_migrations(Some(set)),
+        Ok(set) => manager.watch_migrations(Some(set.catalog())),
         Err(MigrationError::NoDirectory(_)) => {}
         Err(err) => tracing::warn!(error = %err, "migrations not watched"),
     }
@@ -132,7 +132,7 @@ async fn status(config: DbConfig, set: &MigrationSet, json: bool) -> ExitCode {
             return ExitCode::from(EXIT_UNAVAILABLE);
         }
     };
-    let report = manager.migration_status(set).await;
+    let report = manager.migration_status(&set.catalog()).await;
     manager.close().await;
     let report = match report {
         Ok(report) => report,

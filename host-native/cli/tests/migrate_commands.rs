@@ -514,7 +514,7 @@ async fn the_migrations_check_passes_warns_and_fails_and_status_lists_them() {
     let url = sqlite(dir.path()).url();
     let server = support::Server::start(&[("DATABASE_URL", url.as_str())]).await;
     let migrations = dir.path().join("migrations");
-    server.manager.watch_migrations(Some(MigrationSet::load(&migrations).await.expect("load")));
+    server.manager.watch_migrations(Some(MigrationSet::load(&migrations).await.expect("load").catalog()));
     assert_eq!(
         migrations_seen_by_the_api(&server).await,
         ("warn".to_owned(), vec!["pending".to_owned(); 3]),
@@ -527,7 +527,9 @@ async fn the_migrations_check_passes_warns_and_fails_and_status_lists_them() {
 
     // A binary that knows only the first two: the database is ahead of it.
     let older = workdir(&THREE[..2]);
-    server.manager.watch_migrations(Some(MigrationSet::load(older.path().join("migrations")).await.expect("load")));
+    server
+        .manager
+        .watch_migrations(Some(MigrationSet::load(older.path().join("migrations")).await.expect("load").catalog()));
     let (state, list) = migrations_seen_by_the_api(&server).await;
     assert_eq!(
         (state.as_str(), list.as_slice()),

@@ -26,14 +26,18 @@ use std::time::Duration;
 
 use dbguard_core::migrations::{AppliedMigration, KnownMigration, MigrationState, MigrationsReport, compare};
 use dbguard_core::{DatabaseType, DbConfig, Decision, ErrorClass, Idempotency, RetryState};
-use sea_orm::{ConnectionTrait, DbErr, Statement};
 use sqlx::Connection as _;
 use sqlx::migrate::{Migrate, MigrateError, Migrator};
 
 use crate::classify::classify_sqlx;
 use crate::clock::Clock;
+use crate::pool;
 use crate::secrets::Redactor;
-use crate::{DbError, DbManager, pool};
+
+mod status;
+pub use status::MigrationCatalog;
+#[cfg(feature = "sea-orm-migration")]
+pub mod seaorm;
 
 /// The PostgreSQL advisory-lock key every dbguard migration runner holds while it runs. sqlx
 /// takes its own per-database lock inside it, so runners of other sqlx-based tools serialise
@@ -42,9 +46,6 @@ pub const MIGRATION_LOCK_KEY: i64 = 0x6462_6775_6172_6431;
 
 /// sqlx's table of applied migrations.
 pub const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
-
-/// How long the health probe waits for the migrations table.
-const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The migrations in a directory: `<VERSION>_<DESCRIPTION>.sql`, or reversible pairs
 /// `<VERSION>_<DESCRIPTION>.up.sql` and `.down.sql`.
@@ -295,7 +296,7 @@ pub async fn migrate_up(
     events: &mut (dyn FnMut(MigrationEvent) + Send),
 ) -> Result<MigrationRun, MigrationError> {
     let redactor = Redactor::from_config(config);
-    let (mut session, waited_for_lock) = Session::open(config, &redactor, events).await?;
+    let (mut session, waited_for_lock) = open_locked::<Session>(config, &redactor, events).await?;
     let outcome = async {
         let report = session.checked_report(set, &redactor).await?;
         let mut run = MigrationRun { versions: Vec::new(), waited_for_lock };
@@ -322,7 +323,7 @@ pub async fn migrate_down(
     events: &mut (dyn FnMut(MigrationEvent) + Send),
 ) -> Result<MigrationRun, MigrationError> {
     let redactor = Redactor::from_config(config);
-    let (mut session, waited_for_lock) = Session::open(config, &redactor, events).await?;
+    let (mut session, waited_for_lock) = open_locked::<Session>(config, &redactor, events).await?;
     let outcome = async {
         let report = session.checked_report(set, &redactor).await?;
         let applied = report.versions(MigrationState::Applied);
@@ -349,12 +350,14 @@ pub async fn migrate_down(
     outcome
 }
 
-fn refuse_out_of_step(set: &MigrationSet, report: &MigrationsReport) -> Result<(), MigrationError> {
+/// The refusal for the first migration of `report` that is out of step; `name` gives a
+/// version's file (or migration) name.
+fn refuse_out_of_step(report: &MigrationsReport, name: impl Fn(i64) -> String) -> Result<(), MigrationError> {
     for entry in &report.migrations {
         match entry.state {
             MigrationState::Dirty => return Err(MigrationError::Dirty { version: entry.version }),
             MigrationState::Changed => {
-                return Err(MigrationError::Changed { version: entry.version, file: set.up_file(entry.version) });
+                return Err(MigrationError::Changed { version: entry.version, file: name(entry.version) });
             }
             MigrationState::Unknown => {
                 return Err(MigrationError::UnknownApplied { version: entry.version });
@@ -363,6 +366,145 @@ fn refuse_out_of_step(set: &MigrationSet, report: &MigrationsReport) -> Result<(
         }
     }
     Ok(())
+}
+
+/// sea-orm-cli's migration names, `m<YYYYMMDD>_<HHMMSS>_<name>`, as a version
+/// (`YYYYMMDDHHMMSS`) and a description (`<name>` in words).
+fn seaorm_version(name: &str) -> Option<(i64, String)> {
+    let rest = name.strip_prefix('m')?;
+    let (date, rest) = rest.split_once('_')?;
+    let (time, description) = rest.split_once('_')?;
+    let digits = |part: &str, len: usize| part.len() == len && part.bytes().all(|b| b.is_ascii_digit());
+    if !digits(date, 8) || !digits(time, 6) || description.is_empty() {
+        return None;
+    }
+    Some((format!("{date}{time}").parse().ok()?, description.replace('_', " ")))
+}
+
+const TRY_LOCK_SQL: &str = "SELECT pg_try_advisory_lock($1)";
+const LOCK_SQL: &str = "SELECT pg_advisory_lock($1)";
+
+/// A connection a run holds the migration lock on, for the whole run.
+trait LockedSession: Sized {
+    /// Opens the session.
+    async fn connect(config: &DbConfig) -> Result<Self, AttemptFailure>;
+
+    /// Takes the migration lock, waiting (and saying so) while another instance holds it;
+    /// returns whether it waited.
+    async fn lock(&mut self, events: &mut (dyn FnMut(MigrationEvent) + Send)) -> Result<bool, AttemptFailure>;
+}
+
+/// Why connecting or locking failed: the class decides whether to retry.
+struct AttemptFailure {
+    class: ErrorClass,
+    message: String,
+}
+
+impl AttemptFailure {
+    #[cfg(feature = "sea-orm-migration")]
+    fn of_db_err(err: &sea_orm::DbErr) -> Self {
+        Self { class: crate::classify::classify_db_err(err).class, message: err.to_string() }
+    }
+
+    fn of_sqlx(err: &sqlx::Error) -> Self {
+        Self { class: classify_sqlx(err).class, message: err.to_string() }
+    }
+}
+
+/// Connects and takes the lock, retrying failures under the configured policy (nothing has
+/// run yet, so a retry is always safe). Returns the session and whether it waited.
+async fn open_locked<S: LockedSession>(
+    config: &DbConfig,
+    redactor: &Redactor,
+    events: &mut (dyn FnMut(MigrationEvent) + Send),
+) -> Result<(S, bool), MigrationError> {
+    let mut retry = ConnectRetry::new(config, redactor);
+    loop {
+        let failure = match S::connect(config).await {
+            Ok(mut session) => match session.lock(events).await {
+                Ok(waited) => return Ok((session, waited)),
+                Err(failure) => failure,
+            },
+            Err(failure) => failure,
+        };
+        retry.after_failure(failure.class, &failure.message, events).await?;
+    }
+}
+
+/// The retry schedule for connecting and taking the lock: the configured policy, as for any
+/// idempotent call, since nothing has run yet.
+struct ConnectRetry<'a> {
+    clock: Clock,
+    state: RetryState,
+    redactor: &'a Redactor,
+}
+
+impl<'a> ConnectRetry<'a> {
+    fn new(config: &DbConfig, redactor: &'a Redactor) -> Self {
+        Self { clock: Clock::new(), state: RetryState::new(config.retry, Idempotency::Idempotent), redactor }
+    }
+
+    /// After a failed attempt: reports the retry and sleeps until it is due, or gives up.
+    async fn after_failure(
+        &mut self,
+        class: ErrorClass,
+        message: &str,
+        events: &mut (dyn FnMut(MigrationEvent) + Send),
+    ) -> Result<(), MigrationError> {
+        let message = self.redactor.scrub(message);
+        let now = self.clock.now();
+        match self.state.on_failure(now, class) {
+            Decision::RetryAt(deadline) => {
+                events(MigrationEvent::Retrying {
+                    attempt: self.state.retries(),
+                    delay: deadline.saturating_duration_since(now),
+                    reason: message,
+                });
+                self.clock.sleep_until(deadline).await;
+                Ok(())
+            }
+            Decision::GiveUp(_) => Err(MigrationError::Unavailable { class, message, retries: self.state.retries() }),
+        }
+    }
+}
+
+#[cfg(any(feature = "sqlite", feature = "sea-orm-migration"))]
+/// The lock file beside a SQLite database file (`<file>.migrate-lock`); none for an in-memory
+/// database, which no other process can see.
+fn sqlite_lock_file(config: &DbConfig) -> std::io::Result<Option<std::fs::File>> {
+    match config.url.sqlite_path() {
+        Some(path) if !config.url.is_sqlite_memory() => {
+            pool::prepare_sqlite_file(config)?;
+            std::fs::File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(format!("{path}.migrate-lock"))
+                .map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
+#[cfg(any(feature = "sqlite", feature = "sea-orm-migration"))]
+/// Locks `file`, waiting on a blocking thread (and saying so) while another process holds it.
+/// Returns whether it waited.
+async fn take_file_lock(
+    file: Option<&std::fs::File>,
+    events: &mut (dyn FnMut(MigrationEvent) + Send),
+) -> std::io::Result<bool> {
+    let Some(file) = file else { return Ok(false) };
+    match file.try_lock() {
+        Ok(()) => Ok(false),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            events(MigrationEvent::WaitingForLock);
+            // A duplicate handle shares the open file description, so its lock is the file's.
+            let waiting = file.try_clone()?;
+            tokio::task::spawn_blocking(move || waiting.lock()).await.map_err(std::io::Error::other)??;
+            Ok(true)
+        }
+        Err(std::fs::TryLockError::Error(err)) => Err(err),
+    }
 }
 
 /// One connection that holds the migration lock for the whole run. Dropping it (or closing
@@ -388,44 +530,18 @@ macro_rules! with_connection {
     };
 }
 
-impl Session {
-    /// Connects and takes the lock, retrying connection failures under the configured policy.
-    /// Returns whether it had to wait for another instance.
-    async fn open(
-        config: &DbConfig,
-        redactor: &Redactor,
-        events: &mut (dyn FnMut(MigrationEvent) + Send),
-    ) -> Result<(Self, bool), MigrationError> {
-        let clock = Clock::new();
-        let mut retry = RetryState::new(config.retry, Idempotency::Idempotent);
-        loop {
-            let failure = match Self::connect(config).await {
-                Ok(mut session) => match session.lock(events).await {
-                    Ok(waited) => return Ok((session, waited)),
-                    Err(err) => err,
-                },
-                Err(err) => err,
-            };
-            let class = classify_sqlx(&failure).class;
-            let message = redactor.scrub(&failure.to_string());
-            let before = clock.now();
-            match retry.on_failure(before, class) {
-                Decision::RetryAt(deadline) => {
-                    events(MigrationEvent::Retrying {
-                        attempt: retry.retries(),
-                        delay: deadline.saturating_duration_since(before),
-                        reason: message,
-                    });
-                    clock.sleep_until(deadline).await;
-                }
-                Decision::GiveUp(_) => {
-                    return Err(MigrationError::Unavailable { class, message, retries: retry.retries() });
-                }
-            }
-        }
+impl LockedSession for Session {
+    async fn connect(config: &DbConfig) -> Result<Self, AttemptFailure> {
+        Self::connect_sqlx(config).await.map_err(|err| AttemptFailure::of_sqlx(&err))
     }
 
-    async fn connect(config: &DbConfig) -> Result<Self, sqlx::Error> {
+    async fn lock(&mut self, events: &mut (dyn FnMut(MigrationEvent) + Send)) -> Result<bool, AttemptFailure> {
+        self.lock_sqlx(events).await.map_err(|err| AttemptFailure::of_sqlx(&err))
+    }
+}
+
+impl Session {
+    async fn connect_sqlx(config: &DbConfig) -> Result<Self, sqlx::Error> {
         match config.database_type() {
             DatabaseType::Postgresql => {
                 // Migrations go to a server that takes writes, chosen as the pools choose.
@@ -448,51 +564,27 @@ impl Session {
                     .create_if_missing(true)
                     .busy_timeout(pool::SQLITE_BUSY_TIMEOUT)
                     .disable_statement_logging();
-                let lock = match config.url.sqlite_path() {
-                    Some(path) if !config.url.is_sqlite_memory() => Some(
-                        std::fs::File::options()
-                            .create(true)
-                            .truncate(false)
-                            .write(true)
-                            .open(format!("{path}.migrate-lock"))?,
-                    ),
-                    _ => None,
-                };
+                let lock = sqlite_lock_file(config)?;
                 Ok(Self::Sqlite { conn: options.connect().await?, _lock: lock })
             }
         }
     }
 
     /// Takes the migration lock, waiting (and saying so) while another instance holds it.
-    async fn lock(&mut self, events: &mut (dyn FnMut(MigrationEvent) + Send)) -> Result<bool, sqlx::Error> {
+    async fn lock_sqlx(&mut self, events: &mut (dyn FnMut(MigrationEvent) + Send)) -> Result<bool, sqlx::Error> {
         match self {
             Self::Postgres(conn) => {
-                let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                    .bind(MIGRATION_LOCK_KEY)
-                    .fetch_one(&mut *conn)
-                    .await?;
+                let taken: bool =
+                    sqlx::query_scalar(TRY_LOCK_SQL).bind(MIGRATION_LOCK_KEY).fetch_one(&mut *conn).await?;
                 if taken {
                     return Ok(false);
                 }
                 events(MigrationEvent::WaitingForLock);
-                sqlx::query("SELECT pg_advisory_lock($1)").bind(MIGRATION_LOCK_KEY).execute(&mut *conn).await?;
+                sqlx::query(LOCK_SQL).bind(MIGRATION_LOCK_KEY).execute(&mut *conn).await?;
                 Ok(true)
             }
             #[cfg(feature = "sqlite")]
-            Self::Sqlite { _lock: None, .. } => Ok(false),
-            #[cfg(feature = "sqlite")]
-            Self::Sqlite { _lock: Some(file), .. } => match file.try_lock() {
-                Ok(()) => Ok(false),
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    events(MigrationEvent::WaitingForLock);
-                    let waiting = file.try_clone()?;
-                    tokio::task::spawn_blocking(move || waiting.lock())
-                        .await
-                        .map_err(|join| sqlx::Error::Io(std::io::Error::other(join)))??;
-                    Ok(true)
-                }
-                Err(std::fs::TryLockError::Error(err)) => Err(err.into()),
-            },
+            Self::Sqlite { _lock: lock, .. } => Ok(take_file_lock(lock.as_ref(), events).await?),
         }
     }
 
@@ -505,7 +597,7 @@ impl Session {
     ) -> Result<MigrationsReport, MigrationError> {
         let applied = self.applied().await.map_err(|err| MigrationError::Database(redactor.scrub(&err.to_string())))?;
         let report = compare(&set.known(), &applied);
-        refuse_out_of_step(set, &report)?;
+        refuse_out_of_step(&report, |version| set.up_file(version))?;
         Ok(report)
     }
 
@@ -707,95 +799,6 @@ fn leading_noise(text: &str) -> usize {
     }
 }
 
-impl DbManager {
-    /// Applied and pending migrations of `set`, read from the database through the guarded
-    /// path (retried like any idempotent read). A database that has never been migrated has
-    /// every migration pending.
-    pub async fn migration_status(&self, set: &MigrationSet) -> Result<MigrationsReport, DbError> {
-        let database = self.config().database_type();
-        let applied =
-            self.run(Idempotency::Idempotent, move |conn| async move { read_applied(&conn, database).await }).await?;
-        Ok(compare(&set.known(), &applied))
-    }
-
-    /// Adds the `database:migrations` check to every health probe and the migrations list to
-    /// [`DbManager::status`]; `None` removes both.
-    pub fn watch_migrations(&self, set: Option<MigrationSet>) {
-        self.inner.health.migrations.store(set.map(std::sync::Arc::new));
-        self.inner.health.mark_stale();
-    }
-
-    /// The report of the watched migrations, if a set is watched and the database answers.
-    pub(crate) async fn watched_migrations(&self) -> Option<MigrationsReport> {
-        let set = self.inner.health.migrations.load_full()?;
-        self.migration_status(&set).await.ok()
-    }
-
-    /// The `database:migrations` check for a probe over `conn`, if a set is watched.
-    pub(crate) async fn migrations_check(&self, conn: &impl ConnectionTrait) -> Option<dbguard_core::CheckResult> {
-        let set = self.inner.health.migrations.load_full()?;
-        let database = self.config().database_type();
-        let check = match tokio::time::timeout(STATUS_TIMEOUT, read_applied(conn, database)).await {
-            Ok(Ok(applied)) => compare(&set.known(), &applied).check(),
-            Ok(Err(err)) => unreadable_check(self.redact(&err.to_string())),
-            Err(_) => unreadable_check(format!("no answer within {} s", STATUS_TIMEOUT.as_secs())),
-        };
-        Some(check)
-    }
-}
-
-fn unreadable_check(reason: String) -> dbguard_core::CheckResult {
-    dbguard_core::CheckResult::new(dbguard_core::migrations::MIGRATIONS_CHECK, dbguard_core::CheckStatus::Fail, false)
-        .with_message(format!("cannot read {MIGRATIONS_TABLE}: {reason}"))
-}
-
-/// The migrator's table with descriptions and times; empty when it does not exist yet.
-async fn read_applied(conn: &impl ConnectionTrait, database: DatabaseType) -> Result<Vec<AppliedMigration>, DbErr> {
-    let backend = conn.get_database_backend();
-    let (exists, select) = match database {
-        DatabaseType::Postgresql => (
-            format!("SELECT to_regclass('{MIGRATIONS_TABLE}') IS NOT NULL AS present"),
-            format!(
-                "SELECT version, description, checksum, success, \
-                 to_char(installed_on AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS applied_at \
-                 FROM {MIGRATIONS_TABLE} ORDER BY version"
-            ),
-        ),
-        DatabaseType::Sqlite => (
-            format!(
-                "SELECT count(*) > 0 AS present FROM sqlite_master WHERE type = 'table' AND name = '{MIGRATIONS_TABLE}'"
-            ),
-            format!(
-                "SELECT version, description, checksum, success, \
-                 strftime('%Y-%m-%dT%H:%M:%SZ', installed_on) AS applied_at \
-                 FROM {MIGRATIONS_TABLE} ORDER BY version"
-            ),
-        ),
-    };
-    let present = conn
-        .query_one_raw(Statement::from_string(backend, exists))
-        .await?
-        .map(|row| row.try_get::<bool>("", "present"))
-        .transpose()?
-        .unwrap_or(false);
-    if !present {
-        return Ok(Vec::new());
-    }
-    conn.query_all_raw(Statement::from_string(backend, select))
-        .await?
-        .iter()
-        .map(|row| {
-            Ok(AppliedMigration {
-                version: row.try_get("", "version")?,
-                description: row.try_get("", "description")?,
-                checksum: row.try_get("", "checksum")?,
-                success: row.try_get("", "success")?,
-                applied_at: row.try_get("", "applied_at")?,
-            })
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -806,6 +809,14 @@ mod tests {
             "-- header; not a statement\nCREATE TABLE a (x text DEFAULT ';');\n/* b; */ INSERT INTO a VALUES ('1');\n";
         let statements: Vec<&str> = split_statements(sql).into_iter().map(|(_, s)| s).collect();
         assert_eq!(statements, vec!["CREATE TABLE a (x text DEFAULT ';')", "INSERT INTO a VALUES ('1')"]);
+    }
+
+    #[test]
+    fn sea_orm_cli_names_become_versions() {
+        assert_eq!(seaorm_version("m20220101_000001_create_table"), Some((20220101000001, "create table".to_owned())));
+        for name in ["create_table", "m2022_000001_x", "m20220101_0001_x", "m20220101_000001_", "mabcdefgh_000001_x"] {
+            assert_eq!(seaorm_version(name), None, "{name}");
+        }
     }
 
     #[test]

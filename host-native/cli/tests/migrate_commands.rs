@@ -584,3 +584,71 @@ async fn a_non_transactional_migration_runs_outside_a_transaction_and_says_so_wh
     assert!(ran.stderr.contains("without a migration transaction"), "{}", ran.describe());
     assert!(!ran.stderr.contains("it was rolled back"), "{}", ran.describe());
 }
+
+/// `dbguard serve` in `dir` on `url`, with migrations applied at start, on a free port.
+fn serve_migrating(dir: &Path, url: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dbguard"));
+    command
+        .arg("serve")
+        .current_dir(dir)
+        .env_clear()
+        .env("DATABASE_URL", url)
+        .env("DB_ECHO", "false")
+        .env("DBGUARD_BIND", "127.0.0.1:0")
+        .env("DBGUARD_MIGRATE_ON_START", "true");
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_migrates_at_start_when_asked_and_does_not_start_on_a_failed_migration() {
+    // A failing migration: serve stops with `up`'s exit code and never listens.
+    let broken = workdir(&[THREE[0], (THREE[1].0, FAILING_SECOND, THREE[1].2)]);
+    let url = sqlite(broken.path()).url();
+    let refused = run(serve_migrating(broken.path(), &url));
+    assert_eq!(refused.code(), Some(1), "{}", refused.describe());
+    assert!(refused.stderr.contains("20260101000002_add_orders.up.sql failed at line 3"), "{}", refused.describe());
+    assert!(!refused.stdout.contains("listening"), "{}", refused.describe());
+
+    let dir = workdir(THREE);
+    let url = sqlite(dir.path()).url();
+    let mut serving = Running::spawn(serve_migrating(dir.path(), &url), dir.path(), "serve");
+    serving.wait_for_output("admin token").await;
+    serving.wait_for_output("curl").await;
+    let output = serving.output();
+    let applied = output.find("applied 20260101000003_add_invoices.up.sql").unwrap_or_else(|| panic!("{output}"));
+    let listening = output.find("listening on").unwrap_or_else(|| panic!("{output}"));
+    assert!(applied < listening, "migrations are applied before the server listens: {output}");
+    let address = output
+        .split("listening on http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{output}"))
+        .to_owned();
+    let token = output
+        .lines()
+        .skip_while(|line| !line.starts_with("admin token"))
+        .nth(1)
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("{output}"))
+        .to_owned();
+    let status: Value = reqwest::Client::new()
+        .get(format!("http://{address}/api/database/status"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("status request")
+        .json()
+        .await
+        .expect("status JSON");
+    let states: Vec<&str> = status["data"]["migrations"]["migrations"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{status:#}"))
+        .iter()
+        .filter_map(|m| m["state"].as_str())
+        .collect();
+    assert_eq!(states, ["applied"; 3], "{status:#}");
+    let checks = status["data"]["health"]["checks"].as_array().cloned().unwrap_or_default();
+    assert!(checks.iter().any(|c| c["name"] == "database:migrations" && c["status"] == "pass"), "{status:#}");
+    let _ = serving.child.kill();
+    let _ = serving.wait();
+}

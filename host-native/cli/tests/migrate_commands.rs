@@ -652,3 +652,52 @@ async fn serve_migrates_at_start_when_asked_and_does_not_start_on_a_failed_migra
     let _ = serving.child.kill();
     let _ = serving.wait();
 }
+
+/// The second migration counts to a hundred million while a `go_slow` table exists, after it
+/// created a table and wrote a row; without the table it goes straight through, with the same
+/// checksum.
+const SLOW_SQLITE_SECOND: &str = "CREATE TABLE orders (id INTEGER PRIMARY KEY);\nINSERT INTO applied_log VALUES (2);\n\
+WITH RECURSIVE n(x) AS (SELECT 1 WHERE EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'go_slow') \
+UNION ALL SELECT x + 1 FROM n WHERE x < 100000000) SELECT count(*) FROM n;\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migrating_process_killed_on_sqlite_leaves_the_migration_absent_and_up_completes() {
+    let dir = workdir(&[THREE[0], (THREE[1].0, SLOW_SQLITE_SECOND, THREE[1].2), THREE[2]]);
+    let target = sqlite(dir.path());
+    let Target::Sqlite(path) = &target else { unreachable!() };
+    let url = target.url();
+    {
+        let mut conn = sqlx::SqliteConnection::connect(&format!("{url}?mode=rwc")).await.expect("create");
+        sqlx::query("CREATE TABLE go_slow (x INTEGER)").execute(&mut conn).await.expect("marker");
+        conn.close().await.expect("close");
+    }
+    let mut first = Running::spawn(migrate(dir.path(), &url, &["up"]), dir.path(), "slow");
+    first.wait_for_output("applied 20260101000001_create_log.up.sql").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        first.child.try_wait().expect("poll").is_none(),
+        "the slow migration ended before the kill: {}",
+        first.output()
+    );
+    first.child.kill().expect("kill -9 the migrating process");
+    let killed = first.wait();
+    assert_eq!(killed.status.code(), None, "killed by a signal: {}", killed.describe());
+
+    // What the killed run wrote was never committed: SQLite rolls it back on the next open.
+    assert_eq!(target.applied_versions().await, vec![20260101000001]);
+    assert_eq!(target.log().await, vec![1]);
+    assert!(!target.has_table("orders").await);
+    assert!(std::path::Path::new(&format!("{}.migrate-lock", path.display())).exists());
+
+    {
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("connect");
+        sqlx::query("DROP TABLE go_slow").execute(&mut conn).await.expect("drop marker");
+        conn.close().await.expect("close");
+    }
+    // The lock died with the process: the next run does not wait.
+    let ran = run(migrate(dir.path(), &url, &["up"]));
+    assert_eq!(ran.code(), Some(0), "{}", ran.describe());
+    assert!(!ran.stdout.contains("waiting"), "{}", ran.describe());
+    assert_eq!(target.log().await, vec![1, 2, 3]);
+    assert_eq!(target.applied_versions().await, vec![20260101000001, 20260101000002, 20260101000003]);
+}

@@ -45,6 +45,7 @@ pub mod classify;
 pub mod config;
 pub mod health;
 pub mod migrations;
+pub mod queries;
 pub mod retry;
 pub mod rng;
 pub mod schema;
@@ -59,6 +60,7 @@ pub use config::{
 };
 pub use health::{CachedReport, CheckResult, CheckStatus, HealthReport, HealthStatus, PoolStatus};
 pub use migrations::{AppliedMigration, KnownMigration, MigrationEntry, MigrationState, MigrationsReport};
+pub use queries::QueryAnalytics;
 pub use retry::{
     Admission, AttemptInfo, BreakerConfig, BreakerState, CallGuard, CircuitBreaker, Decision, GiveUpReason,
     Idempotency, Jitter, PolicyVerdict, RetryBudget, RetryPolicy, RetryState, Transition,

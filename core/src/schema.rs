@@ -11,6 +11,7 @@ use crate::api::{DatabaseStatus, ErrorBody, SuccessEnvelope};
 use crate::config::ConnectionInfo;
 use crate::health::HealthReport;
 use crate::migrations::MigrationsReport;
+use crate::queries::QueryAnalytics;
 
 /// Every exported schema: `(file stem, schema)`. File names are `<stem>.schema.json`.
 pub fn all_schemas() -> Vec<(&'static str, Schema)> {
@@ -20,9 +21,11 @@ pub fn all_schemas() -> Vec<(&'static str, Schema)> {
         ("database-status", schema_for::<DatabaseStatus>()),
         ("error-body", schema_for::<ErrorBody>()),
         ("migrations-report", schema_for::<MigrationsReport>()),
+        ("query-analytics", schema_for::<QueryAnalytics>()),
         ("health-response", titled(schema_for::<SuccessEnvelope<HealthReport>>(), "HealthResponse")),
         ("info-response", titled(schema_for::<SuccessEnvelope<ConnectionInfo>>(), "InfoResponse")),
         ("status-response", titled(schema_for::<SuccessEnvelope<DatabaseStatus>>(), "StatusResponse")),
+        ("queries-response", titled(schema_for::<SuccessEnvelope<QueryAnalytics>>(), "QueriesResponse")),
     ]
 }
 

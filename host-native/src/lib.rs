@@ -43,6 +43,7 @@ mod pg_pool;
 #[cfg(feature = "plugins")]
 pub mod plugins;
 pub mod pool;
+mod queries;
 mod reachability;
 mod retry_helper;
 mod runner;

@@ -59,6 +59,7 @@ def cases(read: str, admin: str) -> list[Case]:
         Case("GET", "/api/database/health", (401,), None, label="no token"),
         Case("GET", "/api/database/info", (200,), read),
         Case("GET", "/api/database/status", (200,), read),
+        Case("GET", "/api/database/queries", (200,), read),
         Case("POST", "/api/database/test", (200,), admin, body(select_one)),
         Case("POST", "/api/database/test", (200,), admin, body(limited), label="params, max_rows"),
         Case("POST", "/api/database/test", (400,), admin, sql("SELEC 1"), label="bad SQL"),

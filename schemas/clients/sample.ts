@@ -75,6 +75,11 @@ async function main(): Promise<void> {
     report("GET", "/api/database/status", response.status, response.status === 200 && typeof status?.metrics.calls_total === "number" && typeof status.pool.checked_out === "number", `breaker ${status?.breaker}, calls ${status?.metrics.calls_total}, plugins ${status?.plugins.length}`);
   }
   {
+    const { data, response } = await reader.GET("/api/database/queries");
+    const queries = data?.data;
+    report("GET", "/api/database/queries", response.status, response.status === 200 && queries?.database_type === "postgresql" && Array.isArray(queries.sequential_scans), `statements ${queries?.top_statements?.length ?? "unavailable"}, cache hit ${queries?.cache_hit_ratio}`);
+  }
+  {
     // params, max_rows and timeout_ms are optional: this body compiles without them.
     const { data, response } = await admin.POST("/api/database/test", { body: { query: "SELECT 1 AS one" } });
     const row = data?.data.rows[0];

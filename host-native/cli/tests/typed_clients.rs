@@ -27,6 +27,7 @@ const COVERED: &[(u16, &str, &str)] = &[
     (400, "GET", "/api/database/health?force=maybe"),
     (200, "GET", "/api/database/info"),
     (200, "GET", "/api/database/status"),
+    (200, "GET", "/api/database/queries"),
     (200, "POST", "/api/database/test"),
     (400, "POST", "/api/database/test"),
     (403, "POST", "/api/database/test"),

@@ -35,6 +35,7 @@ fn openapi_is_3_1_and_names_every_route() {
         "/api/database/health",
         "/api/database/info",
         "/api/database/status",
+        "/api/database/queries",
         "/api/database/test",
         "/api/database/reconnect",
         "/livez",

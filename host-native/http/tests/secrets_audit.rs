@@ -121,6 +121,7 @@ async fn sweep(server: &Server, seen: &mut Seen, label: &str, database_password:
         "/api/database/health?force=maybe",
         "/api/database/info",
         "/api/database/status",
+        "/api/database/queries",
         "/api/plugins",
         "/livez",
         "/readyz",

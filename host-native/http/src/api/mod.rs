@@ -1,11 +1,12 @@
-//! The HTTP API (axum): health, info, status, the read-only test query, reconnect, probes,
-//! metrics and the OpenAPI document.
+//! The HTTP API (axum): health, info, status, query analytics, the read-only test query,
+//! reconnect, probes, metrics and the OpenAPI document.
 //!
 //! | route | scope |
 //! |---|---|
 //! | `GET /api/database/health[?force=true]` | `db:read` |
 //! | `GET /api/database/info` | `db:read` |
 //! | `GET /api/database/status` | `db:read` |
+//! | `GET /api/database/queries` | `db:read` |
 //! | `POST /api/database/test` | `db:admin` |
 //! | `POST /api/database/reconnect` | `db:admin` |
 //! | `GET /api/plugins` | `db:read` |
@@ -257,6 +258,13 @@ async fn status(State(state): State<AppState>, _access: ReadAccess) -> Response 
     envelope(StatusCode::OK, state.inner.manager.status().await)
 }
 
+async fn queries(State(state): State<AppState>, _access: ReadAccess) -> Response {
+    match state.inner.manager.query_analytics().await {
+        Ok(analytics) => envelope(StatusCode::OK, analytics),
+        Err(err) => ApiError::from(&err).into_response(),
+    }
+}
+
 async fn test_query(
     State(state): State<AppState>,
     AdminAccess(principal): AdminAccess,
@@ -376,6 +384,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/database/health", get(health))
         .route("/api/database/info", get(info))
         .route("/api/database/status", get(status))
+        .route("/api/database/queries", get(queries))
         .route("/api/database/test", post(test_query))
         .route("/api/database/reconnect", post(reconnect))
         .route("/api/plugins", get(plugins::list))

@@ -13,7 +13,7 @@
 
 use dbguard_core::api::{DatabaseStatus, ErrorBody, SuccessEnvelope};
 use dbguard_core::schema::{render as render_schema, schema_for, titled};
-use dbguard_core::{ConnectionInfo, HealthReport, PluginStatus};
+use dbguard_core::{ConnectionInfo, HealthReport, PluginStatus, QueryAnalytics};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{Map, Value, json};
 
@@ -36,6 +36,7 @@ pub fn document() -> Value {
     let health = components.named::<SuccessEnvelope<HealthReport>>("HealthResponse");
     let info = components.named::<SuccessEnvelope<ConnectionInfo>>("InfoResponse");
     let status = components.named::<SuccessEnvelope<DatabaseStatus>>("StatusResponse");
+    let queries = components.named::<SuccessEnvelope<QueryAnalytics>>("QueriesResponse");
     let test_response = components.named::<SuccessEnvelope<QueryResult>>("TestResponse");
     let live = components.named::<SuccessEnvelope<LiveStatus>>("LiveResponse");
     let ready = components.named::<SuccessEnvelope<ReadyStatus>>("ReadyResponse");
@@ -139,6 +140,13 @@ pub fn document() -> Value {
                 "summary": "Health, pool, metrics, breaker, plugins and the last error",
                 "security": secured_read,
                 "responses": secured(json!({ "200": json_body(&status, "status") }))
+            }},
+            "/api/database/queries": { "get": {
+                "operationId": "getQueryAnalytics",
+                "summary": "Top statements, sequential scans, unused indexes, cache hit ratio and long sessions, with suggestions",
+                "description": "On PostgreSQL, from pg_stat_statements (when it is loaded; otherwise `top_statements` is null and `statements_note` says how to enable it) and the pg_stat views; on SQLite, the file's PRAGMA facts. Utility statements are left out and string literals replaced by '?'.",
+                "security": secured_read,
+                "responses": secured(json!({ "200": json_body(&queries, "query analytics") }))
             }},
             "/api/database/test": { "post": {
                 "operationId": "runTestQuery",

@@ -133,3 +133,26 @@ pub struct DatabaseStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migrations: Option<MigrationsReport>,
 }
+
+/// One second of the dashboard's history (`GET /api/dashboard/events`): what an operator
+/// watches, sampled by the server so that a page opened late still draws the last minutes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DashboardSample {
+    /// Sample number since the server started; consecutive samples differ by one.
+    pub seq: u64,
+    /// When, RFC 3339.
+    #[schemars(extend("format" = "date-time"))]
+    pub at: String,
+    /// The latest health report (as of the last probe), if any probe has run.
+    pub health: Option<HealthReport>,
+    /// The pool now.
+    pub pool: PoolStatus,
+    /// Counters since start-up: the page derives calls per second from consecutive samples.
+    pub metrics: MetricsSummary,
+    /// The circuit breaker now.
+    pub breaker: BreakerState,
+    /// Loaded plugins.
+    pub plugins: Vec<PluginStatus>,
+    /// The most recent error a caller saw.
+    pub last_error: Option<LastError>,
+}

@@ -52,7 +52,7 @@ pub mod schema;
 mod serde_util;
 pub mod time;
 
-pub use api::{DatabaseStatus, ErrorBody, LastError, MetricsSummary, PluginStatus, SuccessEnvelope};
+pub use api::{DashboardSample, DatabaseStatus, ErrorBody, LastError, MetricsSummary, PluginStatus, SuccessEnvelope};
 pub use classify::ErrorClass;
 pub use config::{
     ConfigError, ConnectionInfo, DatabaseType, DatabaseUrl, DbConfig, LogFormat, PoolConfig, Profile, Secret, SslMode,

@@ -7,7 +7,7 @@ use schemars::transform::{RecursiveTransform, Transform};
 use schemars::{JsonSchema, Schema, SchemaGenerator, generate::SchemaSettings};
 use serde_json::Value;
 
-use crate::api::{DatabaseStatus, ErrorBody, SuccessEnvelope};
+use crate::api::{DashboardSample, DatabaseStatus, ErrorBody, SuccessEnvelope};
 use crate::config::ConnectionInfo;
 use crate::health::HealthReport;
 use crate::migrations::MigrationsReport;
@@ -22,6 +22,7 @@ pub fn all_schemas() -> Vec<(&'static str, Schema)> {
         ("error-body", schema_for::<ErrorBody>()),
         ("migrations-report", schema_for::<MigrationsReport>()),
         ("query-analytics", schema_for::<QueryAnalytics>()),
+        ("dashboard-sample", schema_for::<DashboardSample>()),
         ("health-response", titled(schema_for::<SuccessEnvelope<HealthReport>>(), "HealthResponse")),
         ("info-response", titled(schema_for::<SuccessEnvelope<ConnectionInfo>>(), "InfoResponse")),
         ("status-response", titled(schema_for::<SuccessEnvelope<DatabaseStatus>>(), "StatusResponse")),

@@ -396,9 +396,29 @@ impl DbManager {
             pool: self.pool_status(),
             metrics: self.inner.stats.summary(),
             breaker: self.breaker_state(),
-            plugins: self.inner.plugin_directory.load().as_ref().map(|d| d.plugins()).unwrap_or_default(),
+            plugins: self.plugins(),
             last_error: self.inner.stats.last_error(),
             migrations: self.watched_migrations().await,
+        }
+    }
+
+    /// The plugins of the installed directory (none without one).
+    pub fn plugins(&self) -> Vec<PluginStatus> {
+        self.inner.plugin_directory.load().as_ref().map(|d| d.plugins()).unwrap_or_default()
+    }
+
+    /// A dashboard sample of this moment, numbered `seq`, from what is already known: the
+    /// cached health report (no probe), the pool, the counters, the breaker and the plugins.
+    pub fn dashboard_sample(&self, seq: u64) -> dbguard_core::DashboardSample {
+        dbguard_core::DashboardSample {
+            seq,
+            at: crate::clock::rfc3339_now(),
+            health: self.cached_health().map(|report| (*report).clone()),
+            pool: self.pool_status(),
+            metrics: self.inner.stats.summary(),
+            breaker: self.breaker_state(),
+            plugins: self.plugins(),
+            last_error: self.inner.stats.last_error(),
         }
     }
 

@@ -44,6 +44,8 @@ fn openapi_is_3_1_and_names_every_route() {
         "/api/plugins",
         "/api/plugins/reload",
         "/api/openapi.json",
+        "/api/dashboard/events",
+        "/dashboard",
     ] {
         assert!(document["paths"].get(route).is_some(), "{route} missing");
     }

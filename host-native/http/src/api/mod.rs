@@ -13,6 +13,8 @@
 //! | `POST /api/plugins/reload` | `db:admin` |
 //! | `GET /livez`, `GET /readyz`, `GET /api/openapi.json` | none |
 //! | `GET /metrics` | `db:read` when `DBGUARD_METRICS_AUTH=true` |
+//! | `GET /api/dashboard/events` | `db:read` |
+//! | `GET /dashboard` (and its script and style) | none: the page asks for a token |
 //!
 //! Every body is `{success: true, data}` or `{success: false, error, message, retry_count,
 //! last_attempt}` — also for 404, 405, 408, 413 and malformed JSON: axum's plain-text
@@ -31,7 +33,7 @@
 //! # Ok(()) }
 //! ```
 
-mod access;
+pub(crate) mod access;
 mod error;
 pub mod openapi;
 mod plugins;
@@ -121,6 +123,8 @@ struct StateInner {
     health_body: ArcSwapOption<(Arc<HealthReport>, Bytes)>,
     /// The plugin runtime behind `/api/plugins`, if plugins are enabled.
     plugins: OnceLock<Arc<dyn PluginControl>>,
+    /// The dashboard's sampled history.
+    dashboard: crate::dashboard::History,
 }
 
 impl std::fmt::Debug for AppState {
@@ -154,6 +158,7 @@ impl AppState {
                 request_timeout,
                 health_body: ArcSwapOption::empty(),
                 plugins: OnceLock::new(),
+                dashboard: crate::dashboard::History::default(),
             }),
         }
     }
@@ -165,6 +170,10 @@ impl AppState {
             tracing::warn!("a plugin runtime is already attached to the API; keeping the first");
         }
         self
+    }
+
+    pub(crate) fn dashboard(&self) -> &crate::dashboard::History {
+        &self.inner.dashboard
     }
 
     fn plugin_control(&self) -> Option<&Arc<dyn PluginControl>> {
@@ -393,6 +402,10 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/api/openapi.json", get(openapi_json))
+        .route("/api/dashboard/events", get(crate::dashboard::events))
+        .route("/dashboard", get(crate::dashboard::page))
+        .route("/dashboard/app.js", get(crate::dashboard::script))
+        .route("/dashboard/app.css", get(crate::dashboard::style))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

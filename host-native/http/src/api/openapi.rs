@@ -214,6 +214,23 @@ pub fn document() -> Value {
                     "403": err("the token lacks db:read (DBGUARD_METRICS_AUTH=true) (`forbidden`)")
                 }))
             }},
+            "/api/dashboard/events": { "get": {
+                "operationId": "dashboardEvents",
+                "summary": "The dashboard's live feed (Server-Sent Events)",
+                "description": "`event: history` first, its data a JSON array of the samples kept (the last 15 minutes, one per second); then `event: sample` every second, its data one sample. Samples follow schemas/dashboard-sample.schema.json.",
+                "security": secured_read,
+                "responses": secured(json!({
+                    "200": { "description": "the feed, open until the client or the server closes it", "content": { "text/event-stream": { "schema": { "type": "string" } } } }
+                }))
+            }},
+            "/dashboard": { "get": {
+                "operationId": "dashboard",
+                "summary": "The live dashboard page (asks for a db:read token itself)",
+                "security": [],
+                "responses": common(json!({
+                    "200": { "description": "the page", "content": { "text/html": { "schema": { "type": "string" } } } }
+                }))
+            }},
             "/api/openapi.json": { "get": {
                 "operationId": "openapi",
                 "summary": "This document",

@@ -47,7 +47,8 @@ pub async fn serve_with_limits(
     use hyper_util::server::graceful::GracefulShutdown;
     use hyper_util::service::TowerToHyperService;
 
-    let app = router(state);
+    let sampler = tokio::spawn(crate::dashboard::sample_forever(state.clone()));
+    let app = router(state.clone());
     let mut http = hyper::server::conn::http1::Builder::new();
     // Without a timer hyper cannot time anything, and its header timeout stays off.
     http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).max_headers(PARSER_MAX_HEADER_FIELDS);
@@ -75,6 +76,9 @@ pub async fn serve_with_limits(
         });
     }
     drop(listener);
+    // Open dashboard streams would otherwise hold their connections until the drain limit.
+    state.dashboard().close();
+    sampler.abort();
     if tokio::time::timeout(limits.shutdown_drain_limit, graceful.shutdown()).await.is_err() {
         tracing::warn!(
             limit_ms = limits.shutdown_drain_limit.as_millis() as u64,

@@ -1,6 +1,8 @@
 //! The cached health endpoint under load: dbguard's HTTP API started in-process on a throwaway
 //! PostgreSQL database, `GET /api/database/health` driven over many keep-alive connections on
-//! loopback for a fixed time, and the database probes made meanwhile counted.
+//! loopback for a fixed time, and the database probes made meanwhile counted; then the same
+//! again while dashboard viewers hold `GET /api/dashboard/events` streams open, to show what
+//! the dashboard costs the service.
 //!
 //! The server is assembled as `dbguard serve` assembles it: lazy manager, background monitor,
 //! `AppState::new` (which installs the Prometheus recorder) and a log subscriber at
@@ -14,6 +16,7 @@
 //! | `DBGUARD_BENCH_HEALTH_WARMUP` | 0.5 | unmeasured seconds before |
 //! | `DBGUARD_BENCH_HTTP_CONNECTIONS` | 64 | concurrent keep-alive connections (one task each) |
 //! | `DBGUARD_BENCH_HEALTH_INTERVAL` | 1 | `DB_HEALTH_CHECK_INTERVAL` (and so the cache TTL), seconds |
+//! | `DBGUARD_BENCH_DASHBOARD_VIEWERS` | 50 | dashboard streams open during the second run |
 //! | `DBGUARD_TEST_PG_URL` | postgres://postgres@127.0.0.1:5432/postgres | the server |
 
 mod support;
@@ -35,6 +38,7 @@ use hyper_util::rt::TokioIo;
 use support::{Percentiles, Report, Table, knob, knob_seconds, micros};
 
 const HEALTH_PATH: &str = "/api/database/health";
+const EVENTS_PATH: &str = "/api/dashboard/events";
 
 /// A fixed signing secret: the benchmark mints its own token and nothing else ever sees it.
 const SECRET: &str = "health-bench-secret-5d1f0a7c93e24b68a1c0";
@@ -52,6 +56,7 @@ struct Knobs {
     warmup: Duration,
     connections: usize,
     interval: Duration,
+    viewers: usize,
 }
 
 impl Knobs {
@@ -61,6 +66,7 @@ impl Knobs {
             warmup: knob_seconds("DBGUARD_BENCH_HEALTH_WARMUP", 0.5),
             connections: knob("DBGUARD_BENCH_HTTP_CONNECTIONS", 64usize).max(1),
             interval: knob_seconds("DBGUARD_BENCH_HEALTH_INTERVAL", 1.0),
+            viewers: knob("DBGUARD_BENCH_DASHBOARD_VIEWERS", 50usize),
         }
     }
 }
@@ -145,6 +151,105 @@ async fn client(addr: SocketAddr, authorization: Arc<str>, phase: Arc<AtomicU8>)
     tally
 }
 
+/// What one dashboard viewer received while the phase was `MEASURE`.
+#[derive(Default)]
+struct ViewerTally {
+    samples: u64,
+    bytes: u64,
+    failure: Option<String>,
+}
+
+/// One dashboard viewer: opens the event stream and reads it until the phase is `STOP`.
+async fn viewer(addr: SocketAddr, authorization: Arc<str>, phase: Arc<AtomicU8>) -> ViewerTally {
+    let mut tally = ViewerTally::default();
+    let opened = async {
+        let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(connection);
+        let request = Request::get(EVENTS_PATH)
+            .header(header::HOST, addr.to_string())
+            .header(header::AUTHORIZATION, &*authorization)
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let response = sender.send_request(request).await.map_err(|e| format!("request: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("status {}", response.status()));
+        }
+        Ok(response.into_body())
+    };
+    let mut body = match opened.await {
+        Ok(body) => body,
+        Err(failure) => {
+            tally.failure = Some(failure);
+            return tally;
+        }
+    };
+    while phase.load(Ordering::Relaxed) != STOP {
+        match tokio::time::timeout(Duration::from_millis(100), body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if phase.load(Ordering::Relaxed) == MEASURE
+                    && let Some(data) = frame.data_ref()
+                {
+                    tally.bytes += data.len() as u64;
+                    tally.samples += data.windows(13).filter(|w| w == b"event: sample").count() as u64;
+                }
+            }
+            Ok(Some(Err(err))) => {
+                tally.failure = Some(format!("stream: {err}"));
+                break;
+            }
+            Ok(None) => {
+                tally.failure = Some("the stream ended".to_owned());
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    tally
+}
+
+/// One measured run of the health clients.
+struct Run {
+    per_sec: f64,
+    latency: Percentiles,
+    failures: u64,
+    first_failure: Option<String>,
+    probes: u64,
+    measured: Duration,
+}
+
+/// Drives `knobs.connections` health clients through warm-up and the measured window.
+async fn measure(
+    knobs: &Knobs,
+    addr: SocketAddr,
+    authorization: &Arc<str>,
+    manager: &DbManager,
+    phase: &Arc<AtomicU8>,
+) -> Result<Run, String> {
+    phase.store(WARMUP, Ordering::Relaxed);
+    let clients: Vec<_> =
+        (0..knobs.connections).map(|_| tokio::spawn(client(addr, authorization.clone(), phase.clone()))).collect();
+    tokio::time::sleep(knobs.warmup).await;
+    let probes_before = manager.probe_count();
+    phase.store(MEASURE, Ordering::Relaxed);
+    let measuring = Instant::now();
+    tokio::time::sleep(knobs.seconds).await;
+    phase.store(STOP, Ordering::Relaxed);
+    let measured = measuring.elapsed();
+    let probes = manager.probe_count() - probes_before;
+    let mut nanos = Vec::new();
+    let (mut failures, mut first_failure) = (0, None);
+    for handle in clients {
+        let tally = handle.await.map_err(|e| format!("a client task failed: {e}"))?;
+        nanos.extend_from_slice(&tally.nanos);
+        failures += tally.failures;
+        first_failure = first_failure.or(tally.first_failure);
+    }
+    let per_sec = nanos.len() as f64 / measured.as_secs_f64();
+    Ok(Run { per_sec, latency: Percentiles::of(&mut nanos), failures, first_failure, probes, measured })
+}
+
 /// The log subscriber `dbguard serve` installs, so request spans cost what they cost there.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DBGUARD_LOG")
@@ -180,25 +285,27 @@ async fn bench() -> Result<Report, String> {
 
     let authorization: Arc<str> = Arc::from(format!("Bearer {token}"));
     let phase = Arc::new(AtomicU8::new(WARMUP));
-    let clients: Vec<_> =
-        (0..knobs.connections).map(|_| tokio::spawn(client(addr, authorization.clone(), phase.clone()))).collect();
-    tokio::time::sleep(knobs.warmup).await;
-    let probes_before = manager.probe_count();
-    phase.store(MEASURE, Ordering::Relaxed);
-    let measuring = Instant::now();
-    tokio::time::sleep(knobs.seconds).await;
-    phase.store(STOP, Ordering::Relaxed);
-    let measured = measuring.elapsed();
-    let probes = manager.probe_count() - probes_before;
+    let alone = measure(&knobs, addr, &authorization, &manager, &phase).await?;
 
-    let mut nanos = Vec::new();
-    let (mut failures, mut first_failure) = (0, None);
-    for handle in clients {
-        let tally = handle.await.map_err(|e| format!("a client task failed: {e}"))?;
-        nanos.extend_from_slice(&tally.nanos);
-        failures += tally.failures;
-        first_failure = first_failure.or(tally.first_failure);
+    // The same again with dashboard viewers connected: they get the history, then a sample a
+    // second each, for the whole run.
+    let viewer_phase = Arc::new(AtomicU8::new(WARMUP));
+    let viewers: Vec<_> =
+        (0..knobs.viewers).map(|_| tokio::spawn(viewer(addr, authorization.clone(), viewer_phase.clone()))).collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    viewer_phase.store(MEASURE, Ordering::Relaxed);
+    let watched_from = Instant::now();
+    let watched = measure(&knobs, addr, &authorization, &manager, &phase).await?;
+    let watched_for = watched_from.elapsed();
+    viewer_phase.store(STOP, Ordering::Relaxed);
+    let (mut samples, mut bytes, mut viewer_failure) = (0u64, 0u64, None);
+    for handle in viewers {
+        let tally = handle.await.map_err(|e| format!("a viewer task failed: {e}"))?;
+        samples += tally.samples;
+        bytes += tally.bytes;
+        viewer_failure = viewer_failure.or(tally.failure);
     }
+
     let health = manager.cached_health().map(|h| format!("{:?}", h.status)).unwrap_or_else(|| "none".into());
     let _ = stop_server.send(());
     let _ = server.await;
@@ -206,11 +313,9 @@ async fn bench() -> Result<Report, String> {
     manager.close().await;
     drop(db);
 
-    let requests = nanos.len() as u64;
-    let per_sec = requests as f64 / measured.as_secs_f64();
-    let latency = Percentiles::of(&mut nanos);
-    let bound = (measured.as_secs_f64() / knobs.interval.as_secs_f64()).floor() as u64 + 1;
     let cores = support::cores();
+    let bound = |run: &Run| (run.measured.as_secs_f64() / knobs.interval.as_secs_f64()).floor() as u64 + 1;
+    let viewer_seconds = watched_for.as_secs_f64() * knobs.viewers.max(1) as f64;
 
     let mut report = Report::new("health_endpoint");
     report.line("## Cached health endpoint (`tests/benches/health_endpoint.rs`)");
@@ -220,27 +325,51 @@ async fn bench() -> Result<Report, String> {
          measured after {:.1} s warm-up. `DB_HEALTH_CHECK_INTERVAL` = {:.1} s (cache TTL {:.1} s), monitor \
          running. The load generator runs in the same process and on the same {cores} cores as the server.",
         knobs.connections,
-        measured.as_secs_f64(),
+        alone.measured.as_secs_f64(),
         knobs.warmup.as_secs_f64(),
         knobs.interval.as_secs_f64(),
         ttl.as_secs_f64(),
     ));
     report.line("");
-    let mut table =
-        Table::new(&["requests/s", "p50 µs", "p99 µs", "failures", "probes", "probe bound", "≥ 20,000 req/s"]);
-    table.row(&[
-        format!("{per_sec:.0}"),
-        micros(latency.p50),
-        micros(latency.p99),
-        match &first_failure {
-            Some(first) => format!("{failures} ({first})"),
-            None => failures.to_string(),
-        },
-        probes.to_string(),
-        format!("≤ {bound} ({})", if probes <= bound { "met" } else { "**exceeded**" }),
-        if per_sec >= TARGET_REQUESTS_PER_SEC { "yes".to_owned() } else { "**no**".to_owned() },
+    let mut table = Table::new(&[
+        "dashboard viewers",
+        "requests/s",
+        "p50 µs",
+        "p99 µs",
+        "failures",
+        "probes",
+        "probe bound",
+        "≥ 20,000 req/s",
     ]);
+    for (viewers, run) in [(0, &alone), (knobs.viewers, &watched)] {
+        table.row(&[
+            viewers.to_string(),
+            format!("{:.0}", run.per_sec),
+            micros(run.latency.p50),
+            micros(run.latency.p99),
+            match &run.first_failure {
+                Some(first) => format!("{} ({first})", run.failures),
+                None => run.failures.to_string(),
+            },
+            run.probes.to_string(),
+            format!("≤ {} ({})", bound(run), if run.probes <= bound(run) { "met" } else { "**exceeded**" }),
+            if run.per_sec >= TARGET_REQUESTS_PER_SEC { "yes".to_owned() } else { "**no**".to_owned() },
+        ]);
+    }
     report.line(table.render().trim_end());
+    report.line("");
+    report.line(format!(
+        "With {} viewers the endpoint served {:.2} × the requests/s it served alone. The viewers received \
+         {:.2} samples per viewer per second ({:.0} bytes/s each) while the clients ran{}.",
+        knobs.viewers,
+        watched.per_sec / alone.per_sec.max(1.0),
+        samples as f64 / viewer_seconds.max(1e-9),
+        bytes as f64 / viewer_seconds.max(1e-9),
+        match &viewer_failure {
+            Some(failure) => format!("; a viewer failed: {failure}"),
+            None => String::new(),
+        },
+    ));
     report.line("");
     report.line(format!(
         "Probes are `DbManager::probe_count()` (the `dbguard_health_probes_total` counter) over the measured \
@@ -253,7 +382,8 @@ async fn bench() -> Result<Report, String> {
          the bearer token, one atomic load of the cached report and a clone of its pre-serialized bytes. \
          The load generator takes part of the same cores, so this is what client and server sustain \
          together. Probes stay at about one per interval: the monitor refreshes the cache every interval, \
-         and readers that find it stale share one single-flight probe.",
+         and readers that find it stale share one single-flight probe. A viewer costs one sample a second: \
+         the server serializes each sample once and every stream sends the same bytes.",
     );
     report.line("");
     Ok(report)

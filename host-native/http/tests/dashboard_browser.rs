@@ -1,8 +1,9 @@
 //! The dashboard in headless Chromium, driven over WebDriver (chromedriver), against a real
 //! server on a private PostgreSQL cluster: a wrong token shows an error and a right one the
 //! board; status and pool numbers appear; a health check named like an HTML tag shows as text
-//! and no alert fires; calls per second move under load; stopping the cluster shows unhealthy
-//! and an open breaker, and restarting it healthy again. Screenshots of each state are written
+//! and no alert fires; the query analytics list a scanned statement, its HTML alias as text;
+//! calls per second move under load; stopping the cluster shows unhealthy and an open breaker,
+//! and restarting it healthy again. Screenshots of each state are written
 //! to `target/tmp/dashboard-screenshots/`.
 
 mod support;
@@ -20,12 +21,15 @@ use dbguard_tests::{DEFAULT_DB, PgCluster, StopMode, skip};
 use fantoccini::{Client, ClientBuilder, Locator};
 use sea_orm::ConnectionTrait;
 use serde_json::json;
+use sqlx::Connection;
 use support::Server;
 
 const TEST: &str = "dashboard_in_a_real_browser";
 /// A plugin check's name that is also HTML which would run script if the page parsed it.
 const HOSTILE_NAME: &str = "<img src=x onerror=alert(1)>";
 const HOSTILE_MESSAGE: &str = "<script>alert(2)</script>";
+/// A column alias that is also HTML: pg_stat_statements keeps identifiers as written.
+const HOSTILE_ALIAS: &str = "<img src=y onerror=alert(3)>";
 
 /// chromedriver on a free port, killed on drop.
 struct Driver {
@@ -128,6 +132,27 @@ async fn screenshot(browser: &Client, name: &str) {
     std::fs::write(dir.join(format!("{name}.png")), png).expect("write screenshot");
 }
 
+/// Loads pg_stat_statements on `pg` and runs a scan of an unindexed table under an HTML alias
+/// often enough for the analytics to list both the statement and the table.
+async fn scanned_statements(pg: &PgCluster, url: &str) {
+    pg.set_setting("shared_preload_libraries", "'pg_stat_statements'").expect("preload");
+    pg.restart().await.expect("restart with the extension's library");
+    let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+    for statement in [
+        "CREATE EXTENSION pg_stat_statements",
+        "CREATE TABLE hostile_scan (v INTEGER)",
+        "INSERT INTO hostile_scan SELECT g % 1000 FROM generate_series(1, 20000) g",
+        "ANALYZE hostile_scan",
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement)).execute(&mut conn).await.expect(statement);
+    }
+    let scan = format!("SELECT count(*) AS \"{HOSTILE_ALIAS}\" FROM hostile_scan WHERE v = $1");
+    for n in 0..20 {
+        sqlx::query(sqlx::AssertSqlSafe(scan.as_str())).bind(n).execute(&mut conn).await.expect("scan");
+    }
+    conn.close().await.expect("close");
+}
+
 /// Runs `SELECT 1` through the guarded path until `stop`, as a service under load would.
 fn load(server: &Server, stop: Arc<AtomicBool>) -> impl Future<Output = ()> + use<> {
     let manager = server.manager.clone();
@@ -145,6 +170,7 @@ async fn the_dashboard_follows_the_database_in_a_real_browser() {
     let Some(pg) = PgCluster::start_or_skip(TEST).await else { return };
     let Some((driver, chromium)) = Driver::start_or_skip().await else { return };
     let url = pg.url(DEFAULT_DB);
+    scanned_statements(&pg, &url).await;
     let server = Server::start(&[
         ("DATABASE_URL", url.as_str()),
         ("DB_HEALTH_CHECK_INTERVAL", "1s"),
@@ -181,6 +207,16 @@ async fn the_dashboard_follows_the_database_in_a_real_browser() {
     let names = wait_text(&browser, "#checks", Duration::from_secs(10), |t| t.contains(HOSTILE_NAME)).await;
     assert!(names.contains(HOSTILE_MESSAGE), "{names}");
     assert!(browser.find_all(Locator::Css("#checks img, #checks script")).await.expect("query").is_empty());
+    assert!(browser.get_alert_text().await.is_err(), "an alert fired");
+
+    // The query analytics: the scanned statement with its alias as text, and the table's advice.
+    let statements =
+        wait_text(&browser, "#queries-statements", Duration::from_secs(10), |t| t.contains("hostile_scan")).await;
+    assert!(statements.contains(HOSTILE_ALIAS), "{statements}");
+    // Table statistics may reach the views after the first fetch; the page fetches again every 30 s.
+    let advice = wait_text(&browser, "#queries-advice", Duration::from_secs(40), |t| t.contains("hostile_scan")).await;
+    assert!(advice.contains("sequential scans"), "{advice}");
+    assert!(browser.find_all(Locator::Css("#queries-statements img")).await.expect("query").is_empty());
     assert!(browser.get_alert_text().await.is_err(), "an alert fired");
     screenshot(&browser, "healthy").await;
 

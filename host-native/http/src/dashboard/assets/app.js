@@ -6,10 +6,14 @@
 const TOKEN_KEY = "dbguard.dashboard.token";
 const HISTORY_SAMPLES = 900;
 const RECONNECT_MS = 2000;
+// Query statistics change slowly and cost the database a few catalog reads: fetched on sign-in,
+// then this often, and on the refresh button.
+const QUERIES_EVERY_MS = 30000;
 const SVG = "http://www.w3.org/2000/svg";
 
 let samples = [];
 let stream = null;
+let queriesTimer = null;
 
 const $ = (id) => document.getElementById(id);
 
@@ -43,6 +47,7 @@ function tokenFromFragment() {
 
 function showLogin(message) {
   if (stream) stream.abort();
+  window.clearInterval(queriesTimer);
   $("board").hidden = true;
   $("logout").hidden = true;
   $("login").hidden = false;
@@ -62,6 +67,83 @@ function showBoard() {
 function start(token) {
   sessionStorage.setItem(TOKEN_KEY, token);
   connect(token);
+  loadQueries();
+  window.clearInterval(queriesTimer);
+  queriesTimer = window.setInterval(loadQueries, QUERIES_EVERY_MS);
+}
+
+// GET /api/database/queries with the stored token; a refusal is left to the event stream,
+// which shows the login form.
+async function loadQueries() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (!token) return;
+  try {
+    const response = await fetch("/api/database/queries", {
+      headers: { Authorization: "Bearer " + token, Accept: "application/json" },
+      cache: "no-store",
+    });
+    const body = await response.json();
+    if (body.success) {
+      renderQueries(body.data);
+    } else {
+      setText("queries-summary", "query statistics unavailable: " + body.message);
+    }
+  } catch (error) {
+    setText("queries-summary", "query statistics unavailable: " + error.message);
+  }
+}
+
+function percent(ratio) {
+  return typeof ratio === "number" ? (ratio * 100).toFixed(1) + " %" : "–";
+}
+
+function kib(bytes) {
+  return (bytes / 1024).toFixed(0) + " KiB";
+}
+
+function renderQueries(report) {
+  const facts = [report.database_type];
+  if (report.cache_hit_ratio !== null && report.cache_hit_ratio !== undefined) {
+    facts.push("cache hit ratio " + percent(report.cache_hit_ratio));
+  }
+  if (report.sqlite) {
+    const s = report.sqlite;
+    facts.push(s.page_count + " pages of " + s.page_size + " bytes", s.freelist_count + " free", "journal " + s.journal_mode);
+  }
+  facts.push("as of " + new Date().toLocaleTimeString());
+  setText("queries-summary", facts.join(" · "));
+  setText("queries-note", report.statements_note || "");
+
+  // Every suggestion that is not about one statement, with what it is about.
+  const advice = [];
+  if (report.cache_suggestion) advice.push(report.cache_suggestion);
+  for (const t of report.sequential_scans) {
+    advice.push(t.table + " (" + kib(t.size_bytes) + ", " + t.sequential_scans + " sequential scans, " + t.index_scans + " index scans): " + (t.suggestion || "read mostly by sequential scans"));
+  }
+  for (const i of report.unused_indexes) advice.push(i.index + " on " + i.table + " (" + kib(i.size_bytes) + "): " + i.suggestion);
+  for (const s of report.long_sessions) advice.push("session " + s.pid + " " + s.state + " for " + format(s.statement_ms / 1000, 0) + " s: " + s.suggestion);
+  if (report.sqlite) advice.push(...report.sqlite.suggestions);
+  const list = $("queries-advice");
+  clear(list);
+  for (const line of advice) {
+    const item = document.createElement("li");
+    item.textContent = line;
+    list.appendChild(item);
+  }
+
+  const body = $("queries-statements");
+  clear(body);
+  for (const statement of report.top_statements || []) {
+    const row = document.createElement("tr");
+    cell(row, statement.query, "query");
+    cell(row, String(statement.calls));
+    cell(row, format(statement.total_time_ms, 1));
+    cell(row, format(statement.mean_time_ms, 2));
+    cell(row, String(statement.rows));
+    cell(row, percent(statement.cache_hit_ratio));
+    cell(row, statement.suggestion || "");
+    body.appendChild(row);
+  }
 }
 
 async function connect(token) {
@@ -303,6 +385,7 @@ document.addEventListener("DOMContentLoaded", () => {
     $("token-input").value = "";
     if (token) start(token);
   });
+  $("queries-refresh").addEventListener("click", loadQueries);
   $("logout").addEventListener("click", () => {
     sessionStorage.removeItem(TOKEN_KEY);
     showLogin("");

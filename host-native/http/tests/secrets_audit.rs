@@ -84,6 +84,20 @@ async fn record(seen: &mut Seen, what: &str, request: reqwest::RequestBuilder) -
     status
 }
 
+/// Like [`record`], for the dashboard's event stream, which does not end: what arrives within a
+/// second (the history event comes at once).
+async fn record_stream(seen: &mut Seen, what: &str, request: reqwest::RequestBuilder) {
+    let mut response = request.send().await.expect("response");
+    let status = response.status().as_u16();
+    let headers = format!("{:?}", response.headers());
+    let mut body = Vec::new();
+    let until = tokio::time::Instant::now() + Duration::from_secs(1);
+    while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(until, response.chunk()).await {
+        body.extend_from_slice(&chunk);
+    }
+    seen.push(what, format!("{status} {headers} {}", String::from_utf8_lossy(&body)));
+}
+
 /// Every route with good, bad and no tokens; forced health; reconnect; test queries that
 /// succeed, fail, are refused and time out.
 async fn sweep(server: &Server, seen: &mut Seen, label: &str, database_password: &str) {
@@ -127,6 +141,8 @@ async fn sweep(server: &Server, seen: &mut Seen, label: &str, database_password:
         "/readyz",
         "/metrics",
         "/api/openapi.json",
+        "/dashboard",
+        "/dashboard/app.js",
         "/api/nothing-here",
     ];
     for path in gets {
@@ -171,6 +187,18 @@ async fn sweep(server: &Server, seen: &mut Seen, label: &str, database_password:
         .body("{\"query\":");
     record(seen, &format!("{label} POST test with a broken body"), not_json).await;
 
+    // The dashboard's feed last, so that its history holds the samples of everything above.
+    let events = "/api/dashboard/events";
+    record_stream(seen, &format!("{label} GET {events} without a token"), server.client.get(server.url(events))).await;
+    for (name, token) in &tokens {
+        let request = server.client.get(server.url(events)).bearer_auth(token);
+        record_stream(seen, &format!("{label} GET {events} with {name}"), request).await;
+    }
+    let opened = format!("{label} GET {events} with");
+    assert!(
+        seen.0.iter().any(|(what, text)| what.starts_with(&opened) && text.contains("event: history")),
+        "no token opened the dashboard feed, so the sweep saw none of its samples"
+    );
     let manager = &server.manager;
     seen.push(format!("{label} manager Debug"), format!("{manager:?}"));
     seen.push(format!("{label} config Debug"), format!("{:?}", manager.config()));

@@ -170,4 +170,42 @@ proptest! {
         let refused = matches!(breaker.admit(now), dbguard_core::Admission::Rejected { .. });
         prop_assert!(refused, "an open breaker refuses a new call");
     }
+    #[test]
+    fn a_settled_breaker_ignores_successes_and_admissions(
+        history in proptest::collection::vec((proptest::option::of(class()), 0u64..3_000), 0..120),
+    ) {
+        // Any history of successes (None) and failures, at steps of up to 3 s (so cool-downs
+        // end and probes run), must leave a breaker whose "settled" answer is right: when it
+        // says settled, a success or an admission changes nothing at all.
+        let config = BreakerConfig::default();
+        let mut breaker = CircuitBreaker::new(config);
+        let mut now = Instant::ZERO;
+        for (outcome, advance) in &history {
+            now = now + Duration::from_millis(*advance);
+            if matches!(breaker.admit(now), dbguard_core::Admission::Rejected { .. }) {
+                continue;
+            }
+            match outcome {
+                Some(class) => breaker.on_failure(now, *class),
+                None => breaker.on_success(now),
+            }
+            if breaker.is_settled() {
+                let before = breaker.clone();
+                prop_assert_eq!(breaker.admit(now), dbguard_core::Admission::Allowed);
+                breaker.on_success(now);
+                prop_assert_eq!(&breaker, &before);
+            }
+        }
+        // A breaker that admits calls settles after a full window of successes, and a failure
+        // to connect unsettles it.
+        now = now + config.cool_down;
+        for _ in 0..=config.window {
+            if !matches!(breaker.admit(now), dbguard_core::Admission::Rejected { .. }) {
+                breaker.on_success(now);
+            }
+        }
+        prop_assert!(breaker.is_settled(), "{:?}", breaker);
+        breaker.on_failure(now, ErrorClass::ConnectionRefused);
+        prop_assert!(!breaker.is_settled());
+    }
 }

@@ -75,7 +75,7 @@ pub enum Admission {
 ///
 /// Call order for the host: [`CircuitBreaker::admit`] before a call, then
 /// [`CircuitBreaker::on_success`] or [`CircuitBreaker::on_failure`] with its outcome.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CircuitBreaker {
     config: BreakerConfig,
     phase: Phase,
@@ -162,6 +162,18 @@ impl CircuitBreaker {
             Phase::Open { .. } => BreakerState::Open,
             Phase::HalfOpen { .. } => BreakerState::HalfOpen,
         }
+    }
+
+    /// Whether the breaker is settled: closed, with a full window of calls and no failure in it
+    /// or in the consecutive count. Then [`CircuitBreaker::admit`] allows and
+    /// [`CircuitBreaker::on_success`] changes nothing, so a host that shares the breaker between
+    /// threads may skip both on a busy, healthy database (see the property test
+    /// `a_settled_breaker_ignores_successes_and_admissions`).
+    pub fn is_settled(&self) -> bool {
+        self.phase == Phase::Closed
+            && self.consecutive == 0
+            && self.outcomes == 0
+            && self.recorded == self.config.window
     }
 
     /// How many times the breaker has opened.

@@ -83,6 +83,12 @@ impl CallGuard {
         self.observe(now, CircuitBreaker::reset).1
     }
 
+    /// Whether a success or an admission would change nothing and report no transition
+    /// ([`CircuitBreaker::is_settled`]); the retry budget is not touched by either.
+    pub fn is_settled(&self) -> bool {
+        self.reported == BreakerState::Closed && self.breaker.is_settled()
+    }
+
     /// Takes one retry from the shared budget; `false` means the retry must not happen.
     pub fn try_spend_retry(&mut self, now: Instant) -> bool {
         self.budget.try_withdraw(now)

@@ -343,4 +343,18 @@ mod tests {
         let stmt = Statement::from_string(DbBackend::Postgres, "SELECT $1");
         assert_eq!(inline(stmt).expect("unchanged"), "SELECT $1");
     }
+
+    /// Every call builds a statement's future and boxes it (`ConnectionTrait` returns boxed
+    /// futures), copying it whole: with a connect's state machine inline it was 11 KB per
+    /// call, most of the guarded path's cost over the bare pool. A connect is boxed on its own.
+    #[tokio::test]
+    async fn a_statement_future_stays_small() {
+        let url = "postgres://postgres@127.0.0.1:1/never_connected";
+        let config = dbguard_core::DbConfig::from_vars([("DATABASE_URL", url)]).expect("valid");
+        let options: sqlx::postgres::PgConnectOptions = url.parse().expect("valid");
+        let db = DbConn::owned(OwnedPgPool::new(options, None, &config.pool), StatementMode::Prepared);
+        let future = db.query_one_raw(Statement::from_string(DbBackend::Postgres, "SELECT 1"));
+        let size = std::mem::size_of_val(&*future);
+        assert!(size <= 4096, "a statement's future takes {size} bytes");
+    }
 }

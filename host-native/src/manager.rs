@@ -1,6 +1,6 @@
 //! [`DbManager`]: the pool, the guard state and the health service behind one cheap handle.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -64,6 +64,11 @@ pub(crate) struct Inner {
     /// The breaker and the shared retry budget: changed only through the `guard_*` methods,
     /// which report every state change to the log and the gauge.
     guard: Mutex<CallGuard>,
+    /// Whether the guard is settled ([`CallGuard::is_settled`]), as of its last change: then
+    /// admitting a call and recording its success change nothing, and the hot path reads this
+    /// flag instead of taking the lock (a lock taken by every call on every core moves its
+    /// cache line between cores on every call).
+    guard_settled: AtomicBool,
     pub(crate) advisor: ArcSwapOption<AdvisorSlot>,
     plugin_directory: ArcSwapOption<Box<dyn PluginDirectory>>,
     pub(crate) stats: Stats,
@@ -116,7 +121,13 @@ impl Inner {
     fn guard<R>(&self, input: impl FnOnce(&mut CallGuard) -> (R, Option<Transition>)) -> R {
         // A poisoned lock only means another thread panicked mid-update; the breaker and budget
         // remain structurally valid, so keep using them.
-        let (output, transition) = input(&mut self.guard.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        let (output, transition) = {
+            let mut guard = self.guard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let output = input(&mut guard);
+            // Written under the lock, so the flag follows the guard's changes in their order.
+            self.guard_settled.store(guard.is_settled(), Ordering::Release);
+            output
+        };
         if let Some(transition) = transition {
             record_breaker_state(transition.to);
             tracing::warn!(from = ?transition.from, to = ?transition.to, "circuit breaker changed state");
@@ -126,11 +137,19 @@ impl Inner {
 
     /// Whether an attempt may reach the database now.
     pub(crate) fn guard_admit(&self, now: Instant) -> Admission {
+        // A call that reads a flag another thread is about to clear is ordered before that
+        // thread's failure, as if it had taken the lock first.
+        if self.guard_settled.load(Ordering::Acquire) {
+            return Admission::Allowed;
+        }
         self.guard(|guard| guard.admit(now))
     }
 
     /// An attempt reached the database.
     pub(crate) fn guard_success(&self, now: Instant) {
+        if self.guard_settled.load(Ordering::Acquire) {
+            return;
+        }
         self.guard(|guard| ((), guard.on_success(now)));
     }
 
@@ -335,6 +354,7 @@ impl DbManager {
             pool: ArcSwap::from_pointee(PoolSlot { pools, generation: 0, server }),
             generation: AtomicU64::new(0),
             guard: Mutex::new(guard),
+            guard_settled: AtomicBool::new(false),
             advisor: ArcSwapOption::empty(),
             plugin_directory: ArcSwapOption::empty(),
             stats: Stats::default(),

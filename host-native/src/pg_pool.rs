@@ -85,7 +85,9 @@ impl managed::Manager for PgManager {
     type Error = sqlx::Error;
 
     async fn create(&self) -> Result<PooledPg, sqlx::Error> {
-        let mut conn = self.options.connect().await?;
+        // Boxed: a connect's state machine is about 10 KB, and unboxed it would be part of
+        // every checkout's future, copied on every call although a connect is rare.
+        let mut conn = Box::pin(self.options.connect()).await?;
         if let Some(setup) = &self.session_setup {
             use sqlx::Executor as _;
             conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(setup.clone()))).await?;

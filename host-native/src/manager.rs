@@ -137,17 +137,19 @@ impl Inner {
 
     /// Whether an attempt may reach the database now.
     pub(crate) fn guard_admit(&self, now: Instant) -> Admission {
-        // A call that reads a flag another thread is about to clear is ordered before that
-        // thread's failure, as if it had taken the lock first.
-        if self.guard_settled.load(Ordering::Acquire) {
-            return Admission::Allowed;
-        }
         self.guard(|guard| guard.admit(now))
+    }
+
+    /// Whether admitting a call and recording its success would change nothing now
+    /// ([`CallGuard::is_settled`]). A call that reads the flag just before another thread
+    /// clears it is ordered before that thread's failure, as if it had taken the lock first.
+    pub(crate) fn guard_is_settled(&self) -> bool {
+        self.guard_settled.load(Ordering::Acquire)
     }
 
     /// An attempt reached the database.
     pub(crate) fn guard_success(&self, now: Instant) {
-        if self.guard_settled.load(Ordering::Acquire) {
+        if self.guard_is_settled() {
             return;
         }
         self.guard(|guard| ((), guard.on_success(now)));

@@ -10,7 +10,7 @@
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
-//! | `DBGUARD_BENCH_SECONDS` | 1 | measured seconds per run |
+//! | `DBGUARD_BENCH_SECONDS` | 2 | measured seconds per run (1-s rounds moved the 16-task ratios by ±10 %) |
 //! | `DBGUARD_BENCH_WARMUP` | 0.3 | unmeasured seconds before each run |
 //! | `DBGUARD_BENCH_ROUNDS` | 3 | rounds per workload × concurrency |
 //! | `DBGUARD_BENCH_TASKS` | 1,4,16,64 | concurrent tasks |
@@ -163,7 +163,7 @@ struct Knobs {
 impl Knobs {
     fn from_env() -> Self {
         Self {
-            seconds: knob_seconds("DBGUARD_BENCH_SECONDS", 1.0),
+            seconds: knob_seconds("DBGUARD_BENCH_SECONDS", 2.0),
             warmup: knob_seconds("DBGUARD_BENCH_WARMUP", 0.3),
             rounds: knob("DBGUARD_BENCH_ROUNDS", 3usize).max(1),
             tasks: knob_list("DBGUARD_BENCH_TASKS", &[1usize, 4, 16, 64]),

@@ -132,6 +132,57 @@ pub struct DatabaseStatus {
     /// Applied and pending schema migrations, when the service has a migrations directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migrations: Option<MigrationsReport>,
+    /// Every server of a multi-host URL with its role, state and reads served, when reads go
+    /// to standbys (`DB_READ_TARGET` other than `primary`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub servers: Option<Vec<ServerStatus>>,
+}
+
+/// What a server of a multi-host URL is, as last sampled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerRole {
+    /// Accepts writes (`pg_is_in_recovery()` is false).
+    Primary,
+    /// A hot standby replaying the primary's WAL.
+    Standby,
+    /// Not sampled yet, or not answering.
+    Unknown,
+}
+
+/// Whether a server takes reads now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerState {
+    /// Answering, and (a standby) within `DB_REPLICA_MAX_LAG`.
+    Up,
+    /// Not answering: its last sample or a read on it failed to reach it.
+    Down,
+    /// A standby whose replay is further behind than `DB_REPLICA_MAX_LAG`: it takes no reads
+    /// until it catches up.
+    Lagging,
+}
+
+/// One server of a multi-host URL (`GET /api/database/status`, `servers`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ServerStatus {
+    /// Host as written in the URL.
+    pub host: String,
+    /// Port (5432 when the URL gives none).
+    pub port: u16,
+    /// Primary or standby, as last sampled.
+    pub role: ServerRole,
+    /// Whether it takes reads now.
+    pub state: ServerState,
+    /// Replay lag in milliseconds as last sampled (0 for a primary, and for a standby that has
+    /// replayed everything it received); `None` before the first answer.
+    pub lag_ms: Option<u64>,
+    /// Reads this server answered since start-up.
+    pub reads: u64,
+    /// Share of all reads answered since start-up (0 to 1), the primary's fallback reads included.
+    pub read_share: f64,
+    /// This server's own read pool.
+    pub pool: PoolStatus,
 }
 
 /// One second of the dashboard's history (`GET /api/dashboard/events`): what an operator

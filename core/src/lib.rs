@@ -52,11 +52,14 @@ pub mod schema;
 mod serde_util;
 pub mod time;
 
-pub use api::{DashboardSample, DatabaseStatus, ErrorBody, LastError, MetricsSummary, PluginStatus, SuccessEnvelope};
+pub use api::{
+    DashboardSample, DatabaseStatus, ErrorBody, LastError, MetricsSummary, PluginStatus, ServerRole, ServerState,
+    ServerStatus, SuccessEnvelope,
+};
 pub use classify::ErrorClass;
 pub use config::{
-    ConfigError, ConnectionInfo, DatabaseType, DatabaseUrl, DbConfig, LogFormat, PoolConfig, Profile, Secret, SslMode,
-    StatementMode, TargetSessionAttrs,
+    ConfigError, ConnectionInfo, DatabaseType, DatabaseUrl, DbConfig, LoadBalanceHosts, LogFormat, PoolConfig, Profile,
+    ReadTarget, ReplicaConfig, Secret, SslMode, StatementMode, TargetSessionAttrs,
 };
 pub use health::{CachedReport, CheckResult, CheckStatus, HealthReport, HealthStatus, PoolStatus};
 pub use migrations::{AppliedMigration, KnownMigration, MigrationEntry, MigrationState, MigrationsReport};

@@ -17,7 +17,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use error::ConfigError;
-pub use url::{DatabaseType, DatabaseUrl, HostPort, TargetSessionAttrs, redact};
+pub use url::{DatabaseType, DatabaseUrl, HostPort, LoadBalanceHosts, TargetSessionAttrs, redact};
 
 use crate::health::ProbeThresholds;
 use crate::retry::{BreakerConfig, RetryPolicy};
@@ -43,6 +43,11 @@ pub mod vars {
     /// How statements reach PostgreSQL: `prepared` (named, cached) or `simple` (no server-side
     /// state, for PgBouncer's transaction pooling).
     pub const DB_STATEMENT_MODE: &str = "DB_STATEMENT_MODE";
+    /// Which servers take the work a caller marks read-only: `primary`, `prefer-standby` or
+    /// `standby` (libpq's `target_session_attrs` values).
+    pub const DB_READ_TARGET: &str = "DB_READ_TARGET";
+    /// Replay lag beyond which a standby takes no reads.
+    pub const DB_REPLICA_MAX_LAG: &str = "DB_REPLICA_MAX_LAG";
     /// Background probe period.
     pub const DB_HEALTH_CHECK_INTERVAL: &str = "DB_HEALTH_CHECK_INTERVAL";
     /// How long a probed report is served from cache (defaults to the interval).
@@ -102,6 +107,8 @@ pub mod vars {
         DB_POOL_RECYCLE,
         DB_STATEMENT_TIMEOUT,
         DB_STATEMENT_MODE,
+        DB_READ_TARGET,
+        DB_REPLICA_MAX_LAG,
         DB_HEALTH_CHECK_INTERVAL,
         DB_HEALTH_CACHE_TTL,
         DB_HEALTH_TIMEOUT,
@@ -222,6 +229,63 @@ pub struct PoolConfig {
     pub statement_timeout: Duration,
     /// How statements reach PostgreSQL.
     pub statement_mode: StatementMode,
+}
+
+/// Which servers take reads (`DB_READ_TARGET`), in libpq's `target_session_attrs` terms.
+/// Writes, and transactions that write, always go to the primary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadTarget {
+    /// Reads go to the primary like everything else (one server in use).
+    #[default]
+    Primary,
+    /// Reads go to healthy standbys within `DB_REPLICA_MAX_LAG`; when none qualifies they go
+    /// to the primary, and health says `degraded`.
+    PreferStandby,
+    /// Reads go only to qualifying standbys; when none qualifies a read fails at once.
+    Standby,
+}
+
+impl ReadTarget {
+    /// The values `DB_READ_TARGET` accepts.
+    pub const ACCEPTED: &'static str = "primary, prefer-standby (fall back to the primary) or standby (fail fast)";
+
+    /// Parses the setting (any case).
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "primary" => Some(Self::Primary),
+            "prefer-standby" => Some(Self::PreferStandby),
+            "standby" => Some(Self::Standby),
+            _ => None,
+        }
+    }
+
+    /// The setting's spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Primary => "primary",
+            Self::PreferStandby => "prefer-standby",
+            Self::Standby => "standby",
+        }
+    }
+}
+
+/// Reads on standbys: where they go and how stale a standby may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaConfig {
+    /// `DB_READ_TARGET`.
+    pub read_target: ReadTarget,
+    /// `DB_REPLICA_MAX_LAG`: a standby whose replay is further behind takes no reads.
+    pub max_lag: Duration,
+    /// The URL's `load_balance_hosts`.
+    pub load_balance: LoadBalanceHosts,
+}
+
+impl ReplicaConfig {
+    /// Whether reads may leave the primary at all.
+    pub fn routes_reads(&self) -> bool {
+        self.read_target != ReadTarget::Primary
+    }
 }
 
 /// How a host sends statements to PostgreSQL (`DB_STATEMENT_MODE`).
@@ -405,6 +469,8 @@ pub struct DbConfig {
     pub test_url: Option<DatabaseUrl>,
     /// Pool settings.
     pub pool: PoolConfig,
+    /// Reads on standbys.
+    pub replicas: ReplicaConfig,
     /// Health monitoring.
     pub health: HealthConfig,
     /// Log SQL statements.

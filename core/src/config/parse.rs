@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use super::url::UrlError;
 use super::{
     AuthConfig, ConfigError, DAY, DEVELOPMENT_DEFAULT_URL, DatabaseType, DatabaseUrl, DbConfig, HOUR, HealthConfig,
-    LogFormat, MILLISECOND, PoolConfig, Profile, SECOND, Secret, ServiceConfig, SslMode, StatementMode, redact, value,
-    vars,
+    LogFormat, MILLISECOND, PoolConfig, Profile, ReadTarget, ReplicaConfig, SECOND, Secret, ServiceConfig, SslMode,
+    StatementMode, redact, value, vars,
 };
 use crate::health::ProbeThresholds;
 use crate::retry::{BreakerConfig, Jitter, RetryPolicy};
@@ -134,6 +134,8 @@ impl Parser<'_> {
             statement_mode: self.statement_mode()?,
         };
 
+        let replicas = self.replicas(&url)?;
+
         let interval = self.duration(
             vars::DB_HEALTH_CHECK_INTERVAL,
             if production { 60 * SECOND } else { 300 * SECOND },
@@ -169,6 +171,7 @@ impl Parser<'_> {
             url,
             test_url,
             pool,
+            replicas,
             health,
             echo,
             ssl_mode,
@@ -239,6 +242,37 @@ impl Parser<'_> {
                 expected: format!("one of {}", StatementMode::ACCEPTED),
             }),
         }
+    }
+
+    fn replicas(&self, url: &DatabaseUrl) -> Result<ReplicaConfig, ConfigError> {
+        let read_target = match self.get(vars::DB_READ_TARGET) {
+            None => ReadTarget::default(),
+            Some(raw) => ReadTarget::parse(raw).ok_or_else(|| ConfigError::Invalid {
+                variable: vars::DB_READ_TARGET,
+                value: raw.to_owned(),
+                expected: format!("one of {}", ReadTarget::ACCEPTED),
+            })?,
+        };
+        // Without standbys to read from, any other value would silently do nothing.
+        if read_target != ReadTarget::Primary && url.hosts().len() < 2 {
+            return Err(ConfigError::Conflict {
+                variable: vars::DB_READ_TARGET,
+                reason: format!(
+                    "is {} but DATABASE_URL names {}; list the primary and its standbys, \
+                     e.g. postgres://user@primary:5432,standby1:5432,standby2:5432/db",
+                    read_target.as_str(),
+                    match url.database_type() {
+                        DatabaseType::Sqlite => "a SQLite file".to_owned(),
+                        DatabaseType::Postgresql => format!("{} host", url.hosts().len()),
+                    }
+                ),
+            });
+        }
+        Ok(ReplicaConfig {
+            read_target,
+            max_lag: self.duration(vars::DB_REPLICA_MAX_LAG, 10 * SECOND, MILLISECOND, DAY)?,
+            load_balance: url.load_balance_hosts(),
+        })
     }
 
     fn retry(&self) -> Result<RetryPolicy, ConfigError> {

@@ -353,3 +353,22 @@ fn jwt_settings() {
     assert_eq!(config.service.auth.issuer.as_deref(), Some("auth"));
     assert_eq!(config.service.auth.audience.as_deref(), Some("dbguard"));
 }
+
+#[test]
+fn reads_go_to_standbys_only_when_asked() {
+    let primary_only = parse(&[("DATABASE_URL", "postgres://app@a,b/orders")]).expect("valid");
+    assert_eq!(primary_only.replicas.read_target, ReadTarget::Primary);
+    assert!(!primary_only.replicas.routes_reads());
+    assert_eq!(primary_only.replicas.max_lag, Duration::from_secs(10));
+
+    let spread = parse(&[
+        ("DATABASE_URL", "postgres://app@a,b,c/orders?target_session_attrs=primary&load_balance_hosts=random"),
+        ("DB_READ_TARGET", "Prefer-Standby"),
+        ("DB_REPLICA_MAX_LAG", "500ms"),
+    ])
+    .expect("valid");
+    assert_eq!(spread.replicas.read_target, ReadTarget::PreferStandby);
+    assert!(spread.replicas.routes_reads());
+    assert_eq!(spread.replicas.max_lag, Duration::from_millis(500));
+    assert_eq!(spread.replicas.load_balance, LoadBalanceHosts::Random);
+}

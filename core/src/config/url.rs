@@ -42,7 +42,8 @@ pub struct HostPort {
 }
 
 /// Which server of a multi-host URL a pool may use: the URL's `target_session_attrs`, with
-/// libpq's meaning. libpq's standby-seeking values are not accepted: dbguard pools for writes.
+/// libpq's meaning. libpq's standby-seeking values are not accepted here: this pool is for
+/// writes, and reads go to standbys with `DB_READ_TARGET` ([`crate::ReadTarget`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TargetSessionAttrs {
     /// The first server that accepts a connection (libpq's default).
@@ -69,13 +70,48 @@ impl TargetSessionAttrs {
             "any" => Ok(Self::Any),
             "read-write" => Ok(Self::ReadWrite),
             "primary" => Ok(Self::Primary),
-            _ => Err(UrlError::Malformed("target_session_attrs must be any, read-write or primary")),
+            _ => Err(UrlError::Malformed(
+                "target_session_attrs must be any, read-write or primary (to send reads to standbys, set DB_READ_TARGET)",
+            )),
         }
     }
 }
 
 /// The URL parameter naming which server of the host list to use.
 const TARGET_SESSION_ATTRS: &str = "target_session_attrs";
+
+/// The URL parameter saying whether reads are spread over the standbys (libpq 16's spelling).
+const LOAD_BALANCE_HOSTS: &str = "load_balance_hosts";
+
+/// How reads are spread over the standbys of a multi-host URL: the URL's `load_balance_hosts`,
+/// with libpq 16's values. (libpq shuffles the host list for each connection; dbguard keeps
+/// one pool per server and applies the same choice to each read routed to a standby.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LoadBalanceHosts {
+    /// The first qualifying standby in the URL's order takes every read (libpq's default).
+    #[default]
+    Disable,
+    /// Each read goes to a qualifying standby chosen at random.
+    Random,
+}
+
+impl LoadBalanceHosts {
+    /// The URL parameter's spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Random => "random",
+        }
+    }
+
+    fn parse(value: &str) -> Result<Self, UrlError> {
+        match value {
+            "disable" => Ok(Self::Disable),
+            "random" => Ok(Self::Random),
+            _ => Err(UrlError::Malformed("load_balance_hosts must be disable or random")),
+        }
+    }
+}
 
 /// Why a URL could not be parsed (the caller adds the variable name and redacted value).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +124,7 @@ pub(crate) enum UrlError {
 
 /// Query parameters the PostgreSQL driver acts on, in libpq's spelling (sqlx's hyphenated
 /// aliases are left out so that dbguard's own `sslmode` checks see every TLS setting), plus
-/// `target_session_attrs`. Anything else would be ignored silently.
+/// `target_session_attrs` and `load_balance_hosts`. Anything else would be ignored silently.
 const POSTGRES_PARAMS: &[&str] = &[
     "sslmode",
     "sslrootcert",
@@ -104,6 +140,7 @@ const POSTGRES_PARAMS: &[&str] = &[
     "application_name",
     "options",
     TARGET_SESSION_ATTRS,
+    LOAD_BALANCE_HOSTS,
 ];
 
 /// Query parameters the SQLite driver acts on.
@@ -135,6 +172,7 @@ pub struct DatabaseUrl {
     database: Option<String>,
     params: Vec<(String, String)>,
     target_session_attrs: TargetSessionAttrs,
+    load_balance_hosts: LoadBalanceHosts,
     sqlite_path: Option<String>,
 }
 
@@ -182,6 +220,10 @@ impl DatabaseUrl {
             Some((_, value)) => TargetSessionAttrs::parse(value)?,
             None => TargetSessionAttrs::Any,
         };
+        let load_balance_hosts = match params.iter().find(|(k, _)| k == LOAD_BALANCE_HOSTS) {
+            Some((_, value)) => LoadBalanceHosts::parse(value)?,
+            None => LoadBalanceHosts::Disable,
+        };
         let database = match path {
             Some(p) if !p.is_empty() => Some(decode(p)?),
             _ => None,
@@ -195,6 +237,7 @@ impl DatabaseUrl {
             database,
             params,
             target_session_attrs,
+            load_balance_hosts,
             sqlite_path: None,
         })
     }
@@ -218,6 +261,7 @@ impl DatabaseUrl {
             database: Some(path.clone()),
             params,
             target_session_attrs: TargetSessionAttrs::Any,
+            load_balance_hosts: LoadBalanceHosts::Disable,
             sqlite_path: Some(path),
         })
     }
@@ -252,8 +296,13 @@ impl DatabaseUrl {
         self.target_session_attrs
     }
 
+    /// How reads are spread over the standbys (`load_balance_hosts`).
+    pub fn load_balance_hosts(&self) -> LoadBalanceHosts {
+        self.load_balance_hosts
+    }
+
     /// The URL for the `index`-th of the [`hosts`](Self::hosts), for a driver that takes one
-    /// host: the other hosts and `target_session_attrs` are removed, everything else (user,
+    /// host: the other hosts, `target_session_attrs` and `load_balance_hosts` are removed, everything else (user,
     /// password, database, parameters) is kept as written. A URL without a host list (a
     /// socket given by parameter) answers for index 0 only. `None` for SQLite or an index out
     /// of range. Contains the password: hand it to a driver, never log it.
@@ -281,7 +330,10 @@ impl DatabaseUrl {
         let kept: Vec<&str> = query
             .into_iter()
             .flat_map(|q| q.split('&'))
-            .filter(|pair| !pair.is_empty() && split_once_or_all(pair, '=').0 != TARGET_SESSION_ATTRS)
+            .filter(|pair| {
+                let key = split_once_or_all(pair, '=').0;
+                !pair.is_empty() && key != TARGET_SESSION_ATTRS && key != LOAD_BALANCE_HOSTS
+            })
             .collect();
         if !kept.is_empty() {
             url.push('?');
@@ -485,6 +537,17 @@ mod tests {
         assert_eq!(socket.server_url(0).as_deref(), Some("postgres:///db?host=/run/postgresql"));
         assert_eq!(socket.server_url(1), None);
         assert_eq!(DatabaseUrl::parse("sqlite://a.db").expect("parses").server_url(0), None);
+    }
+
+    #[test]
+    fn load_balance_hosts_is_read_and_kept_from_the_driver() {
+        let url = DatabaseUrl::parse("postgres://app@a,b:5433/orders?load_balance_hosts=random&sslmode=disable")
+            .expect("parses");
+        assert_eq!(url.load_balance_hosts(), LoadBalanceHosts::Random);
+        assert_eq!(url.server_url(1).as_deref(), Some("postgres://app@b:5433/orders?sslmode=disable"));
+        let default = DatabaseUrl::parse("postgres://app@a,b/orders").expect("parses");
+        assert_eq!(default.load_balance_hosts(), LoadBalanceHosts::Disable);
+        assert!(DatabaseUrl::parse("postgres://app@a,b/orders?load_balance_hosts=yes").is_err());
     }
 
     #[test]

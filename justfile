@@ -42,7 +42,7 @@ drills:
     cargo test -p dbguard-tests -p dbguard-cli --no-fail-fast \
         --test drill_restart --test drill_kill9 --test drill_terminate --test drill_blackhole \
         --test drill_latency --test drill_max_connections \
-        --test serve_startup_down --test drill_sqlite --test drill_reconnect --test drill_failover --test drill_pgbouncer \
+        --test serve_startup_down --test drill_sqlite --test drill_reconnect --test drill_failover --test drill_replicas --test drill_pgbouncer \
         -- --nocapture --test-threads=1 2>&1 | tee target/drills.log | grep -E 'SKIP |panicked at|^test result: FAILED'
     status=${PIPESTATUS[0]}
     echo

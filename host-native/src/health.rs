@@ -232,6 +232,9 @@ impl DbManager {
         if failure.is_none() {
             checks.extend(self.migrations_check(&conn).await);
         }
+        if let Some(replicas) = &inner.replicas {
+            checks.extend(replicas.checks(config.replicas.read_target));
+        }
         let report = HealthReport::from_checks(
             config.database_type(),
             version,

@@ -45,6 +45,7 @@ pub mod plugins;
 pub mod pool;
 mod queries;
 mod reachability;
+mod replicas;
 mod retry_helper;
 mod runner;
 mod secrets;

@@ -16,6 +16,7 @@ use crate::clock::Clock;
 use crate::health::HealthState;
 use crate::pool;
 use crate::reachability::Reachability;
+use crate::replicas::Replicas;
 use crate::runner::{Failure, RetryAdvisor, Waits};
 use crate::secrets::Redactor;
 use crate::stats::Stats;
@@ -85,6 +86,8 @@ pub(crate) struct Inner {
     last_reconnect_failure: Mutex<Option<(u64, crate::DbError)>>,
     seed: AtomicU64,
     last_connectivity_class: AtomicU8,
+    /// A pool per server for reads, when `DB_READ_TARGET` sends reads to standbys.
+    pub(crate) replicas: Option<Arc<Replicas>>,
 }
 
 /// Why the manager could not start.
@@ -348,6 +351,19 @@ impl DbManager {
         let guard =
             CallGuard::new(config.breaker, RetryBudget::new(RETRY_BUDGET_CAPACITY, RETRY_BUDGET_REFILL_PER_SEC, now));
         record_breaker_state(BreakerState::Closed);
+        let replicas =
+            match config.replicas.routes_reads() && config.database_type() == dbguard_core::DatabaseType::Postgresql {
+                false => None,
+                true => match Replicas::open(&config, redactor.clone()) {
+                    Ok(replicas) => Some(Arc::new(replicas)),
+                    // Each server's URL is the primary's with one host kept, so this cannot fail
+                    // once the primary's pool opened; if it did, reads stay on the primary.
+                    Err(err) => {
+                        tracing::error!(error = %err, "cannot open the standbys' pools; reads stay on the primary");
+                        None
+                    }
+                },
+            };
         let inner = Inner {
             health: HealthState::new(&config),
             config,
@@ -366,7 +382,11 @@ impl DbManager {
             last_reconnect_failure: Mutex::new(None),
             seed: AtomicU64::new(0x00DB_6A4D),
             last_connectivity_class: AtomicU8::new(0),
+            replicas,
         };
+        if let Some(replicas) = &inner.replicas {
+            replicas.spawn_sampler(&inner.config);
+        }
         Self { inner: Arc::new(inner) }
     }
 
@@ -421,6 +441,7 @@ impl DbManager {
             plugins: self.plugins(),
             last_error: self.inner.stats.last_error(),
             migrations: self.watched_migrations().await,
+            servers: self.inner.replicas.as_ref().map(|replicas| replicas.status(&self.inner.config)),
         }
     }
 
@@ -602,6 +623,9 @@ impl DbManager {
     /// Closes the pool (waiting for checked-out connections) and stops the monitor.
     pub async fn close(&self) {
         self.inner.health.stop_monitor();
+        if let Some(replicas) = &self.inner.replicas {
+            replicas.close();
+        }
         pool::close(&self.pool_slot().pools).await;
     }
 

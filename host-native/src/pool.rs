@@ -291,7 +291,7 @@ pub(crate) fn session_setup_sql(config: &DbConfig) -> Option<String> {
 
 /// sqlx's connect options for dbguard's own pool on the `server`-th host: TLS mode,
 /// `application_name` and statement logging as configured.
-fn pg_connect_options(config: &DbConfig, server: usize) -> Result<PgConnectOptions, DbErr> {
+pub(crate) fn pg_connect_options(config: &DbConfig, server: usize) -> Result<PgConnectOptions, DbErr> {
     pg_session_options(config, server).map_err(|err| DbErr::Conn(sea_orm::RuntimeErr::SqlxError(err.into())))
 }
 

@@ -135,6 +135,92 @@ impl DbManager {
         self.run_attempts(self.config().retry, idempotency, Waits::Never, |_| op()).await
     }
 
+    /// Runs `op`, a unit of work that only reads, on a standby when `DB_READ_TARGET` allows it
+    /// (otherwise exactly like [`DbManager::run`] with [`Idempotency::Idempotent`]).
+    ///
+    /// The read goes to a standby that answers and is within `DB_REPLICA_MAX_LAG`, spread over
+    /// them as the URL's `load_balance_hosts` says. A read that fails on a standby in a way
+    /// worth retrying (the standby is unreachable, or a conflict with recovery cancelled it)
+    /// goes at once to another qualifying standby; a standby that could not be reached takes no
+    /// reads until the sampler sees it answer again. When no standby qualifies, the read runs on
+    /// the primary under the configured retry policy (`prefer-standby`), or fails at once
+    /// (`standby`). Do not write in `op`: a standby refuses writes (`read_only_server`).
+    ///
+    /// ```no_run
+    /// # async fn demo(manager: dbguard::DbManager) -> Result<(), dbguard::DbError> {
+    /// use sea_orm::{ConnectionTrait, DbBackend, Statement};
+    /// let row = manager
+    ///     .run_read(|db| async move {
+    ///         db.query_one_raw(Statement::from_string(DbBackend::Postgres, "SELECT count(*) FROM orders")).await
+    ///     })
+    ///     .await?;
+    /// # let _ = row; Ok(()) }
+    /// ```
+    pub async fn run_read<T, F, Fut>(&self, mut op: F) -> Result<T, DbError>
+    where
+        F: FnMut(DbConn) -> Fut,
+        Fut: Future<Output = Result<T, DbErr>>,
+    {
+        let Some(replicas) = self.inner.replicas.as_deref() else {
+            return self.run(Idempotency::Idempotent, op).await;
+        };
+        let config = &self.inner.config;
+        let mut tried = 0u64;
+        let mut retries = 0u32;
+        while let Some(server) = replicas.pick(tried) {
+            let failure = match self.within_deadline(op(server.conn(config))).await {
+                Ok(value) => {
+                    server.count_read();
+                    return Ok(value);
+                }
+                Err(StepError::Failed(err)) => {
+                    let classified = classify_db_err(&err);
+                    (err, classified)
+                }
+                Err(StepError::TimedOut(err)) => (err, Classified::timeout()),
+            };
+            let (err, classified) = failure;
+            self.inner.stats.on_failed_attempt(classified.class);
+            if !classified.class.is_retryable() {
+                return Err(DbError::from_db_err(
+                    err,
+                    None,
+                    classified.class,
+                    classified.code,
+                    retries,
+                    Some(rfc3339_now()),
+                    Some(GiveUpReason::NotRetryable(classified.class)),
+                    &self.inner.redactor,
+                ));
+            }
+            if classified.class.is_connectivity() {
+                server.mark_down();
+            }
+            tracing::warn!(
+                server = %server.label(),
+                class = classified.class.as_str(),
+                "read failed on a standby; trying another server"
+            );
+            tried |= 1u64.checked_shl(u32::try_from(server.index).unwrap_or(u32::MAX)).unwrap_or(0);
+            retries += 1;
+        }
+        if config.replicas.read_target == dbguard_core::ReadTarget::Standby {
+            let error = DbError::with_message(
+                ErrorClass::ConnectionRefused,
+                format!(
+                    "connection_refused: no standby takes reads and DB_READ_TARGET=standby forbids the primary: {}",
+                    replicas.why_no_standby()
+                ),
+                retries,
+                Some(rfc3339_now()),
+            );
+            self.inner.stats.on_surfaced_error(error.class(), &error.to_string(), rfc3339_now());
+            return Err(error);
+        }
+        replicas.count_primary_read();
+        self.run(Idempotency::Idempotent, op).await
+    }
+
     /// The loop of [`DbManager::run_with_policy`] and [`DbManager::run_direct`]: one attempt of
     /// `op` per admitted slot until it succeeds or the call gives up.
     async fn run_attempts<T, F, Fut>(

@@ -46,6 +46,13 @@ pub mod names {
     /// Time a connection of dbguard's PostgreSQL pool stayed checked out, seconds
     /// (`connections_usage`).
     pub const POOL_USAGE_SECONDS: &str = "dbguard_pool_connections_usage_seconds";
+    /// Reads each server answered through `run_read`, by `server` (`host:port`); the primary's
+    /// count includes reads that fell back to it.
+    pub const SERVER_READS: &str = "dbguard_server_reads_total";
+    /// Whether a server takes reads (1) or not (0: down, lagging, or the primary), by `server`.
+    pub const SERVER_TAKES_READS: &str = "dbguard_server_takes_reads";
+    /// Replay lag as last sampled, seconds, by `server`.
+    pub const SERVER_LAG_SECONDS: &str = "dbguard_server_lag_seconds";
 }
 
 /// Histogram buckets for durations of database work, in seconds: 100 µs to 30 s, about three

@@ -553,6 +553,45 @@ fn rows() -> Vec<Row> {
             "prepared (direct connections, session pooling) or simple",
         ),
         row("statement mode empty", &[("DB_STATEMENT_MODE", To(""))], "DB_STATEMENT_MODE", Invalid, "one of prepared"),
+        // Reads on standbys.
+        row(
+            "read target in another driver's vocabulary",
+            &[("DB_READ_TARGET", To("replica"))],
+            "DB_READ_TARGET",
+            Invalid,
+            "primary, prefer-standby (fall back to the primary) or standby (fail fast)",
+        ),
+        row(
+            "standby reads with one host",
+            &[
+                ("DATABASE_URL", To("postgres://app:Pw-env-7c2f91d0e4@db/orders")),
+                ("DB_READ_TARGET", To("prefer-standby")),
+            ],
+            "DB_READ_TARGET",
+            Conflict,
+            "list the primary and its standbys",
+        ),
+        row(
+            "standby reads on SQLite",
+            &[("DATABASE_URL", To("sqlite://data/app.db")), ("DB_READ_TARGET", To("standby"))],
+            "DB_READ_TARGET",
+            Conflict,
+            "names a SQLite file",
+        ),
+        row(
+            "replica lag of zero",
+            &[("DB_REPLICA_MAX_LAG", To("0"))],
+            "DB_REPLICA_MAX_LAG",
+            Invalid,
+            "between 1ms and 1440m",
+        ),
+        row(
+            "load balancing in pgx's vocabulary",
+            &[("DATABASE_URL", To("postgres://app:Pw-env-7c2f91d0e4@db1,db2/orders?load_balance_hosts=round-robin"))],
+            "DATABASE_URL",
+            Invalid,
+            "load_balance_hosts must be disable or random",
+        ),
         // Health.
         row(
             "interval under 100ms",

@@ -46,6 +46,7 @@ pub mod config;
 pub mod health;
 pub mod migrations;
 pub mod queries;
+pub mod replication;
 pub mod retry;
 pub mod rng;
 pub mod schema;

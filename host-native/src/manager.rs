@@ -354,7 +354,7 @@ impl DbManager {
         let replicas =
             match config.replicas.routes_reads() && config.database_type() == dbguard_core::DatabaseType::Postgresql {
                 false => None,
-                true => match Replicas::open(&config, redactor.clone()) {
+                true => match Replicas::open(&config, redactor.clone(), clock) {
                     Ok(replicas) => Some(Arc::new(replicas)),
                     // Each server's URL is the primary's with one host kept, so this cannot fail
                     // once the primary's pool opened; if it did, reads stay on the primary.

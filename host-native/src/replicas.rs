@@ -10,27 +10,41 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use dbguard_core::replication::PrimaryWalHistory;
 use dbguard_core::{
     CheckResult, CheckStatus, DbConfig, LoadBalanceHosts, ReadTarget, ServerRole, ServerState, ServerStatus,
 };
 use sea_orm::DbErr;
 
+use crate::clock::Clock;
 use crate::conn::DbConn;
 use crate::pg_pool::OwnedPgPool;
 use crate::secrets::Redactor;
 
-/// Role, replay lag (milliseconds) and whether its WAL receiver is behind, in one round trip. A
-/// standby that has replayed everything it received is not behind, however old its last
-/// replayed transaction is (an idle primary sends nothing to replay); one with WAL still to
-/// replay is behind by the age of the last transaction it did replay.
+/// Role, WAL position and replay age, in one round trip. The position is the primary's current
+/// one, or how far a standby has replayed (bytes since `0/0`); a standby's lag is measured
+/// against the primary's position ([`PrimaryWalHistory`]). The replay age is the fallback when the
+/// primary did not answer: zero for a standby that has replayed everything it received (an idle
+/// primary sends nothing to replay), else the age of the last transaction it did replay.
 const SAMPLE_SQL: &str = "SELECT pg_is_in_recovery(), \
+     ((CASE WHEN pg_is_in_recovery() THEN COALESCE(pg_last_wal_replay_lsn(), '0/0'::pg_lsn) \
+            ELSE pg_current_wal_lsn() END) - '0/0'::pg_lsn)::float8, \
      CASE WHEN NOT pg_is_in_recovery() THEN 0::float8 \
           WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0::float8 \
           ELSE COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp()) * 1000, 0)::float8 \
      END";
+
+/// What one sample of a server said.
+struct Sample {
+    in_recovery: bool,
+    /// Current WAL position (primary) or replay position (standby), bytes.
+    position: u64,
+    /// The standby's own estimate of its lag, milliseconds.
+    replay_age_ms: f64,
+}
 
 /// One server of the URL and what the sampler last saw of it.
 pub(crate) struct Server {
@@ -132,17 +146,18 @@ pub(crate) struct Replicas {
     servers: Vec<Server>,
     load_balance: LoadBalanceHosts,
     max_lag: Duration,
-    /// Reads that found no qualifying standby and ran on the primary.
-    primary_reads: AtomicU64,
     closed: AtomicBool,
     /// Scrubs driver messages (they may quote the URL) before they are logged.
     redactor: Redactor,
+    clock: Clock,
+    /// The primary's WAL position over the last few lag limits, sampled with the servers.
+    primary_wal: Mutex<PrimaryWalHistory>,
 }
 
 impl Replicas {
     /// A lazily opened pool per server of `config`'s URL (each warms up to `DB_POOL_SIZE` in its
     /// own maintenance), with every server unknown until its first sample. Needs a Tokio runtime.
-    pub(crate) fn open(config: &DbConfig, redactor: Redactor) -> Result<Self, DbErr> {
+    pub(crate) fn open(config: &DbConfig, redactor: Redactor, clock: Clock) -> Result<Self, DbErr> {
         let mut servers = Vec::with_capacity(config.url.hosts().len());
         for (index, host) in config.url.hosts().iter().enumerate() {
             let options = crate::pool::pg_connect_options(config, index)?;
@@ -161,9 +176,14 @@ impl Replicas {
             servers,
             load_balance: config.replicas.load_balance,
             max_lag: config.replicas.max_lag,
-            primary_reads: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             redactor,
+            clock,
+            // Long enough to tell how far past the limit a lagging standby is, and to span at
+            // least two samples.
+            primary_wal: Mutex::new(PrimaryWalHistory::new(
+                (config.replicas.max_lag * 4).max(config.health.interval * 2),
+            )),
         })
     }
 
@@ -188,9 +208,11 @@ impl Replicas {
         }
     }
 
-    /// A read ran on the primary because no standby qualified.
-    pub(crate) fn count_primary_read(&self) {
-        self.primary_reads.fetch_add(1, Ordering::Relaxed);
+    /// A read ran on the primary, the `server`-th host, because no standby qualified.
+    pub(crate) fn count_primary_read(&self, server: usize) {
+        if let Some(server) = self.servers.get(server) {
+            server.count_read();
+        }
     }
 
     /// Why no standby takes reads now, server by server, for an error or a health check.
@@ -220,15 +242,11 @@ impl Replicas {
 
     /// Every server with its role, state, lag, reads and pool.
     pub(crate) fn status(&self, config: &DbConfig) -> Vec<ServerStatus> {
-        let on_standbys: u64 = self.servers.iter().map(|server| server.reads.load(Ordering::Relaxed)).sum();
-        let total = on_standbys + self.primary_reads.load(Ordering::Relaxed);
+        let total: u64 = self.servers.iter().map(|server| server.reads.load(Ordering::Relaxed)).sum();
         self.servers
             .iter()
             .map(|server| {
-                let mut reads = server.reads.load(Ordering::Relaxed);
-                if server.role() == ServerRole::Primary {
-                    reads += self.primary_reads.load(Ordering::Relaxed);
-                }
+                let reads = server.reads.load(Ordering::Relaxed);
                 let counts = server.pool.counts();
                 let mut pool = dbguard_core::PoolStatus::from_counts(
                     config.pool.size,
@@ -293,18 +311,37 @@ impl Replicas {
         checks
     }
 
-    /// Samples every server once, concurrently, each bounded by `DB_HEALTH_TIMEOUT`.
+    /// Samples every server once, concurrently, each bounded by `DB_HEALTH_TIMEOUT`, and records
+    /// each one's role and lag. A standby's lag is the time since the primary passed its replay
+    /// position; when the primary did not answer, the standby's own replay age stands in.
     pub(crate) async fn sample_all(&self, config: &DbConfig) {
         let timeout = config.health.thresholds.timeout;
         let samples = self.servers.iter().map(|server| async move {
-            let sample = match tokio::time::timeout(timeout, sample(server.conn(config))).await {
-                Ok(result) => result,
+            match tokio::time::timeout(timeout, sample(server.conn(config))).await {
+                Ok(result) => result.map_err(|cause| self.redactor.scrub(&cause)),
                 Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
-            };
-            let sample = sample.map_err(|cause| self.redactor.scrub(&cause));
-            server.record(sample, self.max_lag);
+            }
         });
-        futures::future::join_all(samples).await;
+        let samples = futures::future::join_all(samples).await;
+        let now = self.clock.now();
+        let primary_position =
+            samples.iter().flatten().find(|sample| !sample.in_recovery).map(|sample| sample.position);
+        let mut history = self.primary_wal.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(position) = primary_position {
+            history.record(now, position);
+        }
+        for (server, sample) in self.servers.iter().zip(samples) {
+            let observed = sample.map(|sample| {
+                let lag_ms = match primary_position.and_then(|_| history.lag(now, sample.position)) {
+                    _ if !sample.in_recovery => 0.0,
+                    Some(lag) => lag.as_secs_f64() * 1000.0,
+                    None => sample.replay_age_ms,
+                };
+                (sample.in_recovery, lag_ms)
+            });
+            server.record(observed, self.max_lag);
+        }
+        drop(history);
         self.publish_metrics();
     }
 
@@ -312,13 +349,9 @@ impl Replicas {
     /// `server`: done by the sampler, so a read pays no metric lookup.
     fn publish_metrics(&self) {
         use crate::stats::names;
-        let primary_reads = self.primary_reads.load(Ordering::Relaxed);
         for server in &self.servers {
             let label = server.label();
-            let mut reads = server.reads.load(Ordering::Relaxed);
-            if server.role() == ServerRole::Primary {
-                reads += primary_reads;
-            }
+            let reads = server.reads.load(Ordering::Relaxed);
             metrics::counter!(names::SERVER_READS, "server" => label.clone()).absolute(reads);
             metrics::gauge!(names::SERVER_TAKES_READS, "server" => label.clone()).set(if server.takes_reads() {
                 1.0
@@ -360,17 +393,18 @@ impl Replicas {
     }
 }
 
-/// One sample of a server: whether it is in recovery, and its replay lag in milliseconds. On a
-/// [`DbConn`], so that a sample cut off by its timeout mid-statement closes its connection
-/// instead of returning it to the pool with an answer still unread.
-async fn sample(conn: DbConn) -> Result<(bool, f64), String> {
+/// One sample of a server. On a [`DbConn`], so that a sample cut off by its timeout
+/// mid-statement closes its connection instead of returning it to the pool with an answer
+/// still unread.
+async fn sample(conn: DbConn) -> Result<Sample, String> {
     use sea_orm::ConnectionTrait as _;
     let statement = sea_orm::Statement::from_string(sea_orm::DbBackend::Postgres, SAMPLE_SQL);
     let row = conn.query_one_raw(statement).await.map_err(|err| err.to_string())?;
     let row = row.ok_or_else(|| "the sample returned no row".to_owned())?;
     let in_recovery: bool = row.try_get_by_index(0).map_err(|err| err.to_string())?;
-    let lag_ms: f64 = row.try_get_by_index(1).map_err(|err| err.to_string())?;
-    Ok((in_recovery, lag_ms))
+    let position: f64 = row.try_get_by_index(1).map_err(|err| err.to_string())?;
+    let replay_age_ms: f64 = row.try_get_by_index(2).map_err(|err| err.to_string())?;
+    Ok(Sample { in_recovery, position: position.max(0.0) as u64, replay_age_ms })
 }
 
 /// A number in `0..bound` from a per-thread xorshift generator: spreading reads needs no

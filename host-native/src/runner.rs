@@ -217,8 +217,11 @@ impl DbManager {
             self.inner.stats.on_surfaced_error(error.class(), &error.to_string(), rfc3339_now());
             return Err(error);
         }
-        replicas.count_primary_read();
-        self.run(Idempotency::Idempotent, op).await
+        let outcome = self.run(Idempotency::Idempotent, op).await;
+        if outcome.is_ok() {
+            replicas.count_primary_read(self.pool_slot().server);
+        }
+        outcome
     }
 
     /// The loop of [`DbManager::run_with_policy`] and [`DbManager::run_direct`]: one attempt of

@@ -46,8 +46,8 @@ pub mod names {
     /// Time a connection of dbguard's PostgreSQL pool stayed checked out, seconds
     /// (`connections_usage`).
     pub const POOL_USAGE_SECONDS: &str = "dbguard_pool_connections_usage_seconds";
-    /// Reads each server answered through `run_read`, by `server` (`host:port`); the primary's
-    /// count includes reads that fell back to it.
+    /// Reads each server answered through `run_read`, by `server` (`host:port`), reads that fell
+    /// back to the primary included.
     pub const SERVER_READS: &str = "dbguard_server_reads_total";
     /// Whether a server takes reads (1) or not (0: down, lagging, or the primary), by `server`.
     pub const SERVER_TAKES_READS: &str = "dbguard_server_takes_reads";

@@ -87,12 +87,7 @@ async fn failover_to_a_promoted_standby() {
     // pool until then); wait for writes to land on the new primary, bounded.
     common::wait_for_rows_above(&new_primary, rows_at_promotion + 50).await;
 
-    let tally = load.finish().await;
-    let audit = new_primary.audit(&tally.acked).await.expect("audit");
-    let mut report = tally.combined();
-    report.faults = 1;
-    report.retries = manager.stats().retries();
-    report.apply_audit(&audit);
+    let (tally, audit, report) = common::finish_and_audit(load, &new_primary, &manager, 1).await;
     let port_after = serving_port(&manager).await;
     common::print_summary(test, &report, &format!("serving port {primary_port} -> {port_after}"));
 

@@ -8,6 +8,11 @@
 //!    `DB_REPLICA_MAX_LAG`, and included again after replay resumes.
 //! 4. Both standbys down: reads move to the primary with no error and health is `degraded`; a
 //!    manager configured to fail fast (`DB_READ_TARGET=standby`) refuses the read at once.
+//! 5. Both standbys back, replication made synchronous (`ANY 2`), ledger writes under load; the
+//!    primary is killed (`kill -9`) and standby 1 promoted: failover moves the writes, no
+//!    acknowledged write is lost or duplicated, reads see no error, and standby 2 (still
+//!    following the dead primary) is excluded once the new primary's WAL passes it by more than
+//!    `DB_REPLICA_MAX_LAG`.
 
 mod common;
 
@@ -18,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use dbguard::{DbManager, Idempotency};
 use dbguard_core::{HealthStatus, ServerRole, ServerState};
-use dbguard_tests::{PgCluster, StopMode};
+use dbguard_tests::{Ledger, PgCluster, StopMode};
 use sea_orm::{ConnectionTrait, DbErr, Statement};
 
 /// Sampled every 200 ms; a standby more than 1 s behind takes no reads.
@@ -145,6 +150,7 @@ async fn wait_replicated(standby: &PgCluster) {
 async fn reads_on_standbys_survive_losing_them() {
     let test = "drill_replicas";
     let Some(primary) = PgCluster::start_or_skip(test).await else { return };
+    let primary_ledger = common::ledger_for(&primary.url("postgres"), Idempotency::Idempotent).await;
     common::admin_exec(
         &primary.url("postgres"),
         &format!(
@@ -230,21 +236,59 @@ async fn reads_on_standbys_survive_losing_them() {
 
     stop_writer.store(true, Ordering::Relaxed);
     let acked = writer.await.expect("writer");
+    assert_eq!(write_errors.load(Ordering::Relaxed), 0, "writes on the primary failed");
+
+    // Phase 5: the primary is killed and standby 1 promoted, under ledger writes.
+    standby1.start().await.expect("start standby 1");
+    standby2.start().await.expect("start standby 2");
+    wait_for_state(&manager, s1, ServerState::Up).await;
+    wait_for_state(&manager, s2, ServerState::Up).await;
+    // Acknowledged only once both standbys have it: what the promoted one lacks is then never
+    // acknowledged (asynchronous replication may lose acknowledged writes on a kill -9, by
+    // PostgreSQL's design, whatever the client does).
+    primary.set_setting("synchronous_commit", "on").expect("synchronous commit");
+    primary.set_setting("synchronous_standby_names", "'ANY 2 (*)'").expect("synchronous replication");
+    primary.reload().await.expect("reload the primary");
+    let load = common::LedgerLoad::start(&manager, 4, 2, Idempotency::Idempotent);
+    let rows_before_kill = common::ledger_rows(&primary_ledger).await;
+    common::wait_for_rows_above(&primary_ledger, rows_before_kill + 50).await;
+    let killed = Instant::now();
+    primary.kill9().await.expect("kill the primary");
+    let (during_failover, failover_read_errors) = reads(&manager, 40).await;
+    standby1.promote().await.expect("promote standby 1");
+    let new_primary = Ledger::connect(&standby1.url("postgres")).await.expect("ledger on the new primary");
+    let rows_at_promotion = common::ledger_rows(&new_primary).await;
+    common::wait_for_rows_above(&new_primary, rows_at_promotion + 50).await;
+    let writes_moved_after = killed.elapsed();
+    let stale_excluded_after = wait_for_state(&manager, s2, ServerState::Lagging).await;
+    let (after_failover, errors) = reads(&manager, 200).await;
+    let (tally, audit, report) = common::finish_and_audit(load, &new_primary, &manager, 1).await;
+    assert!(failover_read_errors.is_empty(), "reads failed during the failover: {failover_read_errors:?}");
+    assert!(errors.is_empty(), "reads failed after the failover: {errors:?}");
+    assert_eq!(after_failover.get(&s2), None, "the stale standby served reads: {after_failover:?}");
+    assert_eq!(after_failover.get(&s1).copied(), Some(200), "reads fall back to the new primary: {after_failover:?}");
+    common::assert_ledger_intact(&report, &audit, 0);
+    assert_eq!(tally.writes.errors_total(), 0, "writers saw errors: {:?}", tally.samples);
     let status = manager.status().await;
     let servers = status.servers.expect("servers");
     let reads_by_server: Vec<String> =
         servers.iter().map(|server| format!("{}={}", server.port, server.reads)).collect();
-    println!(
-        "DRILL {test:<24} reads_by_port=[{}] phase1={split:?} standby_rejoined_ms={} lag_excluded_ms={} \
-         lag_included_ms={} fail_fast_ms={} writes_acked={acked} write_errors={}",
-        reads_by_server.join(" "),
-        rejoined_after.as_millis(),
-        excluded_after.as_millis(),
-        included_after.as_millis(),
-        refused_in.as_millis(),
-        write_errors.load(Ordering::Relaxed),
+    common::print_summary(
+        test,
+        &report,
+        &format!(
+            "reads_by_port=[{}] phase1={split:?} standby_rejoined_ms={} lag_excluded_ms={} lag_included_ms={} \
+             fail_fast_ms={} phase1_4_writes_acked={acked} failover_reads={during_failover:?} \
+             writes_on_new_primary_ms={} stale_standby_excluded_ms={}",
+            reads_by_server.join(" "),
+            rejoined_after.as_millis(),
+            excluded_after.as_millis(),
+            included_after.as_millis(),
+            refused_in.as_millis(),
+            writes_moved_after.as_millis(),
+            stale_excluded_after.as_millis(),
+        ),
     );
-    assert_eq!(write_errors.load(Ordering::Relaxed), 0, "writes on the primary failed");
     assert!(acked > 0);
     manager.close().await;
 }

@@ -358,6 +358,23 @@ pub async fn wait_for_health(manager: &DbManager, want: HealthStatus) -> (Arc<He
     }
 }
 
+/// Stops `load`, audits its acknowledged writes against `ledger` (the server that holds them
+/// after the drill) and builds the drill's report with `faults` injected and the manager's retries.
+pub async fn finish_and_audit(
+    load: LedgerLoad,
+    ledger: &Ledger,
+    manager: &DbManager,
+    faults: u64,
+) -> (LoadTally, LedgerAudit, LedgerReport) {
+    let tally = load.finish().await;
+    let audit = ledger.audit(&tally.acked).await.expect("audit");
+    let mut report = tally.combined();
+    report.faults = faults;
+    report.retries = manager.stats().retries();
+    report.apply_audit(&audit);
+    (tally, audit, report)
+}
+
 /// Prints a drill's one-line summary (stdout; `--nocapture` shows it).
 pub fn print_summary(drill: &str, report: &LedgerReport, extra: &str) {
     let classes = report.error_classes();

@@ -165,12 +165,14 @@ impl DbManager {
             return self.run(Idempotency::Idempotent, op).await;
         };
         let config = &self.inner.config;
+        let started = self.inner.clock.now();
         let mut tried = 0u64;
         let mut retries = 0u32;
         while let Some(server) = replicas.pick(tried) {
             let failure = match self.within_deadline(op(server.conn(config))).await {
                 Ok(value) => {
                     server.count_read();
+                    self.inner.stats.on_call(self.inner.clock.now().saturating_duration_since(started), true);
                     return Ok(value);
                 }
                 Err(StepError::Failed(err)) => {
@@ -182,7 +184,7 @@ impl DbManager {
             let (err, classified) = failure;
             self.inner.stats.on_failed_attempt(classified.class);
             if !classified.class.is_retryable() {
-                return Err(DbError::from_db_err(
+                let error = DbError::from_db_err(
                     err,
                     None,
                     classified.class,
@@ -191,7 +193,9 @@ impl DbManager {
                     Some(rfc3339_now()),
                     Some(GiveUpReason::NotRetryable(classified.class)),
                     &self.inner.redactor,
-                ));
+                );
+                self.on_read_surfaced(started, &error);
+                return Err(error);
             }
             if classified.class.is_connectivity() {
                 server.mark_down();
@@ -214,7 +218,7 @@ impl DbManager {
                 retries,
                 Some(rfc3339_now()),
             );
-            self.inner.stats.on_surfaced_error(error.class(), &error.to_string(), rfc3339_now());
+            self.on_read_surfaced(started, &error);
             return Err(error);
         }
         let outcome = self.run(Idempotency::Idempotent, op).await;
@@ -222,6 +226,12 @@ impl DbManager {
             replicas.count_primary_read(self.pool_slot().server);
         }
         outcome
+    }
+
+    /// Counts a read that gave up on the standbys, as a failed call with its error.
+    fn on_read_surfaced(&self, started: Instant, error: &DbError) {
+        self.inner.stats.on_call(self.inner.clock.now().saturating_duration_since(started), false);
+        self.inner.stats.on_surfaced_error(error.class(), &error.to_string(), rfc3339_now());
     }
 
     /// The loop of [`DbManager::run_with_policy`] and [`DbManager::run_direct`]: one attempt of

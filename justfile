@@ -74,6 +74,7 @@ bench:
     cargo bench -p dbguard-tests --bench load
     cargo bench -p dbguard-tests --bench health_endpoint
     cargo bench -p dbguard-tests --bench recovery
+    cargo bench -p dbguard-tests --bench routing
     host-native/cli/wasi-run-timing.sh 10 | tee "$report/wasi-run.txt"
     pg_url="${DBGUARD_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
     pg_version=$(psql "$pg_url" -Atc 'SELECT version()' 2>/dev/null || echo "see the load section")
@@ -94,7 +95,7 @@ bench:
         echo "| PostgreSQL | $pg_version |"
         echo "| rustc | $(rustc --version) |"
         echo
-        cat "$report/load.md" "$report/health_endpoint.md" "$report/recovery.md"
+        cat "$report/load.md" "$report/health_endpoint.md" "$report/recovery.md" "$report/routing.md"
         echo "## Core micro benchmarks (\`core/benches/core.rs\`, criterion)"
         echo
         criterion_table < "$report/core.txt"

@@ -259,18 +259,5 @@ async fn bench() -> Result<Report, String> {
 }
 
 fn main() -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(bench()) {
-        Ok(report) => report.finish(),
-        Err(err) => {
-            eprintln!("recovery benchmark failed: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    support::run_main("recovery", bench())
 }

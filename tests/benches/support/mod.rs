@@ -195,3 +195,22 @@ impl XorShift {
         self.0
     }
 }
+
+/// Runs `bench` on a multi-thread tokio runtime and writes its report: the `main` of every
+/// benchmark here. `what` names the benchmark in a failure message.
+pub(crate) fn run_main(what: &str, bench: impl std::future::Future<Output = Result<Report, String>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(bench) {
+        Ok(report) => report.finish(),
+        Err(err) => {
+            eprintln!("{what} benchmark failed: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

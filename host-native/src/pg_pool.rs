@@ -230,6 +230,15 @@ impl OwnedPgPool {
         Ok(object)
     }
 
+    /// Occupancy in SQLAlchemy's terms, for a pool sized by `config`.
+    pub(crate) fn status(&self, config: &PoolConfig) -> dbguard_core::PoolStatus {
+        let counts = self.counts();
+        let mut status =
+            dbguard_core::PoolStatus::from_counts(config.size, config.max_overflow, counts.open, counts.idle);
+        status.waiting = Some(counts.waiting);
+        status
+    }
+
     /// Marks every connection now idle in the pool for validation at its next checkout.
     pub(crate) fn suspect_idle_connections(&self) {
         let manager = self.pool.manager();

@@ -313,10 +313,7 @@ pub(crate) fn pg_session_options(config: &DbConfig, server: usize) -> Result<PgC
 /// The pool's occupancy in SQLAlchemy's terms.
 pub fn status(pools: &Pools, config: &DbConfig) -> PoolStatus {
     if let Some(owned) = &pools.owned {
-        let counts = owned.counts();
-        let mut status = PoolStatus::from_counts(config.pool.size, config.pool.max_overflow, counts.open, counts.idle);
-        status.waiting = Some(counts.waiting);
-        return status;
+        return owned.status(&config.pool);
     }
     let db = &pools.db;
     let (open, idle) = match config.database_type() {

@@ -8,14 +8,15 @@
 //! states (connects, `pg_is_in_recovery()`, the lag query) runs in the sampler, off the
 //! caller's path.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use dbguard_core::replication::PrimaryWalHistory;
 use dbguard_core::{
-    CheckResult, CheckStatus, DbConfig, LoadBalanceHosts, ReadTarget, ServerRole, ServerState, ServerStatus,
+    CheckResult, CheckStatus, DbConfig, LoadBalanceHosts, RandomSource, ReadTarget, SeededRng, ServerRole, ServerState,
+    ServerStatus,
 };
 use sea_orm::DbErr;
 
@@ -247,14 +248,7 @@ impl Replicas {
             .iter()
             .map(|server| {
                 let reads = server.reads.load(Ordering::Relaxed);
-                let counts = server.pool.counts();
-                let mut pool = dbguard_core::PoolStatus::from_counts(
-                    config.pool.size,
-                    config.pool.max_overflow,
-                    counts.open,
-                    counts.idle,
-                );
-                pool.waiting = Some(counts.waiting);
+                let pool = server.pool.status(&config.pool);
                 let lag = server.lag_ms.load(Ordering::Relaxed);
                 ServerStatus {
                     host: server.host.clone(),
@@ -407,25 +401,14 @@ async fn sample(conn: DbConn) -> Result<Sample, String> {
     Ok(Sample { in_recovery, position: position.max(0.0) as u64, replay_age_ms })
 }
 
-/// A number in `0..bound` from a per-thread xorshift generator: spreading reads needs no
-/// shared state between threads.
+/// A number in `0..bound` from a per-thread [`SeededRng`] (core's generator, as the retry
+/// jitter uses): spreading reads needs no shared state between threads.
 fn random_below(bound: u64) -> u64 {
+    /// Distinct seeds per thread.
+    static NEXT_SEED: AtomicU64 = AtomicU64::new(0x6A09_E667_F3BC_C909);
     thread_local! {
-        static STATE: Cell<u64> = Cell::new(seed());
+        static RNG: RefCell<SeededRng> =
+            RefCell::new(SeededRng::new(NEXT_SEED.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)));
     }
-    let next = STATE.with(|state| {
-        let mut x = state.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        state.set(x);
-        x
-    });
-    next % bound.max(1)
-}
-
-/// A distinct non-zero seed per thread.
-fn seed() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
-    NEXT.fetch_add(0x6A09_E667_F3BC_C909, Ordering::Relaxed) | 1
+    RNG.with(|rng| rng.borrow_mut().next_u64()) % bound.max(1)
 }

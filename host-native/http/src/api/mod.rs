@@ -37,6 +37,7 @@ pub(crate) mod access;
 mod error;
 pub mod openapi;
 mod plugins;
+mod recorder;
 mod serve;
 
 use std::sync::{Arc, OnceLock};
@@ -50,7 +51,6 @@ use axum::http::{HeaderValue, Request, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use dbguard_core::{HealthReport, SuccessEnvelope};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tower_http::limit::RequestBodyLimitLayer;
@@ -61,6 +61,7 @@ use tower_http::trace::TraceLayer;
 pub use access::{AdminAccess, ReadAccess};
 pub use error::{ApiError, ApiJson, ApiQuery};
 pub use plugins::{PluginControl, PluginReload, RefusedPlugin};
+pub use recorder::MetricsHandle;
 pub use serve::{ServeLimits, serve, serve_with_limits};
 
 use crate::auth::{Authenticator, Scope};
@@ -116,7 +117,7 @@ struct StateInner {
     manager: DbManager,
     auth: Authenticator,
     readonly: ReadOnlyQuery,
-    metrics: Option<PrometheusHandle>,
+    metrics: Option<MetricsHandle>,
     metrics_auth: bool,
     request_timeout: Duration,
     /// The last health report served and its serialized envelope, keyed by the report's `Arc`.
@@ -204,20 +205,13 @@ impl AppState {
     }
 }
 
-/// The process-wide Prometheus recorder, installed on first use. `None` when another metrics
-/// recorder was installed first.
-pub fn metrics_handle() -> Option<PrometheusHandle> {
-    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+/// The process-wide metrics recorder ([`recorder`]), installed on first use. `None` when
+/// another metrics recorder was installed first.
+pub fn metrics_handle() -> Option<MetricsHandle> {
+    static HANDLE: OnceLock<Option<MetricsHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            // Durations as histograms with buckets (not summaries), so they add up across
-            // instances; the matcher is a fixed suffix and the buckets are not empty, so it
-            // cannot fail.
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), dbguard::stats::DURATION_BUCKETS)
-                .unwrap_or_else(|_| PrometheusBuilder::new());
-            let recorder = builder.build_recorder();
-            let handle = recorder.handle();
+            let (recorder, handle) = recorder::build();
             metrics::set_global_recorder(recorder).ok().map(|()| handle)
         })
         .clone()
@@ -314,7 +308,7 @@ async fn metrics_text(State(state): State<AppState>, parts: Parts) -> Response {
         return err.into_response();
     }
     state.inner.manager.record_pool_metrics();
-    let text = state.inner.metrics.as_ref().map(PrometheusHandle::render).unwrap_or_default();
+    let text = state.inner.metrics.as_ref().map(MetricsHandle::render).unwrap_or_default();
     let mut response = Response::new(Body::from(text));
     response
         .headers_mut()

@@ -51,6 +51,12 @@ impl Clock {
         tokio::time::timeout(limit, future).await.ok()
     }
 
+    /// Awaits `future` until `deadline` at most; `None` when the time ran out first. Reads no
+    /// clock unless the future has to wait.
+    pub async fn timeout_at<T>(&self, deadline: Instant, future: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::time::timeout_at(self.to_tokio(deadline), future).await.ok()
+    }
+
     /// Core's instant as a tokio instant (for timeouts).
     pub fn to_tokio(&self, instant: Instant) -> tokio::time::Instant {
         self.origin + Duration::from_nanos(instant.as_nanos())

@@ -35,7 +35,8 @@ pub(crate) struct PooledPg {
     pub(crate) conn: PgConnection,
     /// When the connection last went back to the pool (or was opened).
     returned_at: Instant,
-    /// When the connection was last checked out.
+    /// When the connection was last handed out by the pool (set by `create` and `recycle`,
+    /// which run at the end of every checkout).
     checked_out_at: Instant,
 }
 
@@ -102,10 +103,13 @@ impl managed::Manager for PgManager {
         if now.saturating_duration_since(metrics.created) >= self.max_lifetime {
             return Err(RecycleError::message("the connection reached DB_POOL_RECYCLE"));
         }
+        pooled.checked_out_at = now;
         if self.needs_validation(pooled, now) {
             // No timeout of its own: the checkout's deadline ([`OwnedPgPool::checkout`]) bounds
-            // the ping together with everything else a checkout waits for.
-            pooled.conn.ping().await.map_err(RecycleError::Backend)?;
+            // the ping together with everything else a checkout waits for. Boxed: it is rare,
+            // and inline it would grow every statement's future.
+            Box::pin(pooled.conn.ping()).await.map_err(RecycleError::Backend)?;
+            pooled.checked_out_at = Instant::now();
         }
         Ok(())
     }
@@ -204,7 +208,7 @@ impl OwnedPgPool {
         let started = tokio::time::Instant::now();
         let deadline = started + self.shape.acquire_timeout;
         let mut last_connect_error = None;
-        let mut object = loop {
+        let object = loop {
             // tokio registers the deadline's timer only if the checkout has to wait: taking an
             // idle connection that needs no ping completes at the first poll and arms nothing.
             let error = match tokio::time::timeout_at(deadline, self.pool.get()).await {
@@ -223,9 +227,9 @@ impl OwnedPgPool {
             last_connect_error = Some(error);
             tokio::time::sleep_until(retry_at).await;
         };
-        let checked_out = tokio::time::Instant::now();
-        object.checked_out_at = checked_out.into_std();
-        let waited = checked_out.saturating_duration_since(started);
+        // The checkout ended when the pool handed the connection over: `create` or `recycle`
+        // noted that moment, so no second clock read is needed here.
+        let waited = object.checked_out_at.saturating_duration_since(started.into_std());
         HotSeries::with(|series| series.acquire_seconds.record(waited.as_secs_f64()));
         Ok(object)
     }

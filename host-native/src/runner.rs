@@ -54,6 +54,8 @@ pub(crate) struct GuardedCall {
     idempotency: Idempotency,
     waits: Waits,
     started: Instant,
+    /// Attempts handed a pool slot so far.
+    attempts: u32,
     last_failure: Option<ErrorClass>,
 }
 
@@ -169,7 +171,7 @@ impl DbManager {
         let mut tried = 0u64;
         let mut retries = 0u32;
         while let Some(server) = replicas.pick(tried) {
-            let failure = match self.within_deadline(op(server.conn(config))).await {
+            let failure = match self.within_deadline(self.inner.clock.now(), op(server.conn(config))).await {
                 Ok(value) => {
                     server.count_read();
                     self.inner.stats.on_call(self.inner.clock.now().saturating_duration_since(started), true);
@@ -250,7 +252,7 @@ impl DbManager {
         let mut call = self.begin_call(policy, idempotency, waits);
         loop {
             let slot = self.next_attempt(&mut call).await?;
-            let outcome = self.step(&slot, op(&slot)).await;
+            let outcome = self.step(&slot, self.attempt_started(&call), op(&slot)).await;
             if let Some(value) = self.settle(&mut call, &slot, outcome).await? {
                 return Ok(value);
             }
@@ -303,8 +305,8 @@ impl DbManager {
     where
         F: for<'c> FnMut(&'c DbConn) -> TxnFuture<'c, T>,
     {
-        let txn = self.step(slot, slot.pools.conn().begin(options)).await?;
-        let value = match self.step(slot, body(&txn)).await {
+        let txn = self.step(slot, self.inner.clock.now(), slot.pools.conn().begin(options)).await?;
+        let value = match self.step(slot, self.inner.clock.now(), body(&txn)).await {
             Ok(value) => value,
             Err(failure) => {
                 // A failed rollback means the connection is gone; the server rolls back. (An
@@ -313,7 +315,7 @@ impl DbManager {
                 return Err(failure);
             }
         };
-        match self.within_deadline(txn.commit()).await {
+        match self.within_deadline(self.inner.clock.now(), txn.commit()).await {
             Ok(()) => Ok(value),
             Err(StepError::Failed(err)) => Err(self.classify_commit_failure(err)),
             // COMMIT was sent and nothing came back: it may have applied.
@@ -332,6 +334,7 @@ impl DbManager {
             idempotency,
             waits,
             started: self.inner.clock.now(),
+            attempts: 0,
             last_failure: None,
         }
     }
@@ -346,7 +349,10 @@ impl DbManager {
             }
             let slot = self.pool_slot();
             match self.wait_for_server(&slot, call.waits, call.last_failure).await {
-                Ok(()) => return Ok(slot),
+                Ok(()) => {
+                    call.attempts += 1;
+                    return Ok(slot);
+                }
                 Err(unreachable) => {
                     let failure = Failure::Attempt(unreachable.to_db_err(), unreachable.classified);
                     self.settle::<()>(call, &slot, Err(failure)).await?;
@@ -376,10 +382,21 @@ impl DbManager {
         }
     }
 
-    /// One database step of an attempt on `slot`, within the attempt deadline, with its
-    /// failure classified.
-    async fn step<T>(&self, slot: &PoolSlot, step: impl Future<Output = Result<T, DbErr>>) -> Result<T, Failure> {
-        match self.within_deadline(step).await {
+    /// When the attempt `call` was just handed a slot for started: for the first attempt, the
+    /// call's own start (read a moment before, with nothing in between that waits), else now.
+    fn attempt_started(&self, call: &GuardedCall) -> Instant {
+        if call.attempts == 1 { call.started } else { self.inner.clock.now() }
+    }
+
+    /// One database step of an attempt on `slot`, started at `started`, within the attempt
+    /// deadline, with its failure classified.
+    async fn step<T>(
+        &self,
+        slot: &PoolSlot,
+        started: Instant,
+        step: impl Future<Output = Result<T, DbErr>>,
+    ) -> Result<T, Failure> {
+        match self.within_deadline(started, step).await {
             Ok(value) => Ok(value),
             Err(StepError::Failed(err)) => Err(self.classify_failure(err, slot.generation)),
             Err(StepError::TimedOut(err)) => Err(Failure::Attempt(err, Classified::timeout())),
@@ -411,9 +428,13 @@ impl DbManager {
     /// ([`PoolConfig::attempt_deadline`](dbguard_core::PoolConfig::attempt_deadline)): the
     /// server cancels a long statement itself, so this fires only when no answer can come (a
     /// network partition), and the caller gets a timeout instead of a hang.
-    async fn within_deadline<T>(&self, step: impl Future<Output = Result<T, DbErr>>) -> Result<T, StepError> {
+    async fn within_deadline<T>(
+        &self,
+        started: Instant,
+        step: impl Future<Output = Result<T, DbErr>>,
+    ) -> Result<T, StepError> {
         let deadline = self.inner.config.pool.attempt_deadline();
-        match self.inner.clock.timeout(deadline, step).await {
+        match self.inner.clock.timeout_at(started + deadline, step).await {
             Some(result) => result.map_err(StepError::Failed),
             None => Err(StepError::TimedOut(DbErr::Custom(format!(
                 "no answer from the database within {} ms; the attempt was abandoned",

@@ -683,9 +683,10 @@ checkout only after 500 ms idle, so a call is one round trip, like `raw sqlx`, p
 `dbguard full path` uses named, cached statements (`DB_STATEMENT_MODE=prepared`); \
 `DB_STATEMENT_MODE=simple` sends the statement with its parameters as escaped literals over the simple \
 protocol, also one round trip, with text-format rows. Per call dbguard adds a read of the breaker's \
-settled flag (its lock only while failures are in its window), clock reads, a tokio timeout around the \
-attempt, the boxed statement future `ConnectionTrait` returns, counters and three Prometheus histogram \
-samples (call, acquire, usage): CPU on the client, no extra round trip. `dbguard + wasm policy` runs the same code on success; the policy is asked only after a \
+settled flag (its lock only while failures are in its window), six clock reads (the bare pool makes one), \
+a tokio timer around the attempt, SeaORM's statement and row conversions, the boxed statement future \
+`ConnectionTrait` returns, counters, and three durations (call, acquire, usage) counted into fixed \
+buckets: CPU on the client, no extra round trip. `dbguard + wasm policy` runs the same code on success; the policy is asked only after a \
 failed attempt.";
 
 fn report_targets(report: &mut Report, cells: &[Cell]) {

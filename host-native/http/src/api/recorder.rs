@@ -25,6 +25,10 @@ const DURATION_SUFFIX: &str = "_seconds";
 /// Counter stripes per histogram: enough that threads on different cores rarely share one.
 const STRIPES: usize = 8;
 
+/// The most buckets a histogram has, the one above every bound included.
+const MAX_BUCKETS: usize = 32;
+const _: () = assert!(dbguard::stats::DURATION_BUCKETS.len() < MAX_BUCKETS, "every duration bucket fits");
+
 /// Renders what the process recorded, in Prometheus's text format. Cloning shares the
 /// recorder's state.
 #[derive(Clone)]
@@ -152,12 +156,12 @@ struct FixedHistogram {
     stripes: [Stripe; STRIPES],
 }
 
-/// One thread group's counts: per bucket (the last one above every bound) and the sum of the
-/// samples in nanoseconds. Aligned to its own cache lines, so that stripes written by different
-/// cores do not contend.
+/// One thread group's counts: per bucket (the one after the last bound is above every bound)
+/// and the sum of the samples in nanoseconds. Inline and aligned to its own cache lines, so that
+/// stripes written by different cores do not contend.
 #[repr(align(128))]
 struct Stripe {
-    counts: Box<[AtomicU64]>,
+    counts: [AtomicU64; MAX_BUCKETS],
     sum_nanos: AtomicU64,
 }
 
@@ -172,11 +176,12 @@ struct Snapshot {
 }
 
 impl FixedHistogram {
+    /// A histogram with `bounds`, of which only the first `MAX_BUCKETS - 1` are kept.
     fn new(bounds: &'static [f64]) -> Self {
         Self {
-            bounds,
+            bounds: &bounds[..bounds.len().min(MAX_BUCKETS - 1)],
             stripes: std::array::from_fn(|_| Stripe {
-                counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+                counts: std::array::from_fn(|_| AtomicU64::new(0)),
                 sum_nanos: AtomicU64::new(0),
             }),
         }

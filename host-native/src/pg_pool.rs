@@ -11,6 +11,8 @@
 //! up to `DB_MAX_OVERFLOW` more open under load and are closed once idle for
 //! [`OVERFLOW_IDLE_TIMEOUT`](crate::pool::OVERFLOW_IDLE_TIMEOUT); `DB_POOL_TIMEOUT` bounds
 //! the wait for a connection (and each connect); `DB_POOL_RECYCLE` bounds a connection's age.
+//! The connection returned last is handed out first, so a light load keeps reusing a few warm
+//! sessions and the rest go idle.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -166,6 +168,11 @@ impl OwnedPgPool {
         let pool = managed::Pool::builder(manager)
             .max_size(max_size)
             .runtime(deadpool::Runtime::Tokio1)
+            // The connection returned last goes out first. Handed out in turn, every warm
+            // connection stays in use under a light load: none idles long enough for overflow to
+            // close, and each call meets a server process that slept since its last turn
+            // (at 4 tasks on a 16-connection pool that halved throughput in the load bench).
+            .queue_mode(managed::QueueMode::Lifo)
             // One connect may take at most the acquire timeout; the whole checkout is bounded by
             // it too ([`OwnedPgPool::checkout`]).
             .create_timeout(Some(config.timeout))

@@ -115,9 +115,12 @@ async fn pool_size_is_kept_warm_and_idle_overflow_is_closed() {
     let busy = manager.pool_status();
     assert_eq!((busy.checked_in, busy.overflow), (5, 3), "the overflow connections opened: {busy:?}");
 
-    // Idle for OVERFLOW_IDLE_TIMEOUT, the overflow closes and DB_POOL_SIZE stays.
+    // Idle for OVERFLOW_IDLE_TIMEOUT, the overflow closes and DB_POOL_SIZE stays, also under a
+    // light steady load: one call at a time keeps reusing the connection returned last, so
+    // the others go idle (a pool handing out its connections in turn would keep every one busy).
     let deadline = tokio::time::Instant::now() + dbguard::pool::OVERFLOW_IDLE_TIMEOUT + common::HANG_LIMIT;
     loop {
+        backend_pid(&manager).await;
         let status = manager.pool_status();
         if status.checked_in + status.checked_out == 2 {
             assert_eq!(status.overflow, 0, "{status:?}");
@@ -126,6 +129,21 @@ async fn pool_size_is_kept_warm_and_idle_overflow_is_closed() {
         assert!(tokio::time::Instant::now() < deadline, "idle overflow was never closed: {status:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    manager.close().await;
+}
+
+/// Calls one at a time run on the connection returned last, so its server process and caches
+/// stay warm while the rest of the pool idles (and can be validated or closed as idle).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_call_at_a_time_reuses_the_connection_returned_last() {
+    let Some(db) = TestDb::create_or_skip("pool_lifo").await else { return };
+    let manager = common::manager(db.url(), &[("DB_POOL_SIZE", "4"), ("DB_MAX_OVERFLOW", "0")]).await;
+    assert_eq!(manager.pool_status().checked_in, 4, "DB_POOL_SIZE connections open at start");
+    let mut pids = std::collections::BTreeSet::new();
+    for _ in 0..8 {
+        pids.insert(backend_pid(&manager).await);
+    }
+    assert_eq!(pids.len(), 1, "sequential calls spread over the pool's sessions: {pids:?}");
     manager.close().await;
 }
 

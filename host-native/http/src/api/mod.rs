@@ -212,7 +212,10 @@ pub fn metrics_handle() -> Option<MetricsHandle> {
     HANDLE
         .get_or_init(|| {
             let (recorder, handle) = recorder::build();
-            metrics::set_global_recorder(recorder).ok().map(|()| handle)
+            metrics::set_global_recorder(recorder).ok().map(|()| {
+                handle.spawn_upkeep();
+                handle
+            })
         })
         .clone()
 }

@@ -53,7 +53,33 @@ impl MetricsHandle {
         self.durations.render_into(&mut text);
         text
     }
+
+    /// Drains the exporter's queue of histogram samples (histograms not named `*_seconds`, such
+    /// as ones the linking service records) into their summaries. Rendering does it too; this
+    /// bounds the queue when nobody scrapes.
+    pub fn run_upkeep(&self) {
+        self.prometheus.run_upkeep();
+    }
+
+    /// Runs [`MetricsHandle::run_upkeep`] every [`UPKEEP_PERIOD`] on a thread of its own for the
+    /// rest of the process (as the exporter's own installer does), whatever runtime there is.
+    pub(crate) fn spawn_upkeep(&self) {
+        let handle = self.clone();
+        let spawned = std::thread::Builder::new().name("dbguard-metrics-upkeep".into()).spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_PERIOD);
+                handle.run_upkeep();
+            }
+        });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "metrics upkeep thread did not start; samples are drained at each scrape only");
+        }
+    }
 }
+
+/// How often the exporter's queued samples are drained when nobody scrapes (the exporter's own
+/// default).
+const UPKEEP_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The recorder [`MetricsHandle`] reads.
 struct DbguardRecorder {
@@ -227,6 +253,33 @@ fn this_threads_stripe() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The process-wide recorder drains the exporter's queue on its own thread, so samples of
+    /// histograms nobody scrapes do not pile up for the life of the process.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn installing_the_recorder_starts_its_upkeep_thread() {
+        let Some(_handle) = crate::api::metrics_handle() else {
+            panic!("this test binary installs no other metrics recorder");
+        };
+        let thread_names = || -> Vec<String> {
+            std::fs::read_dir("/proc/self/task")
+                .expect("the process's threads are listed")
+                .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+                .map(|name| name.trim().to_owned())
+                .collect()
+        };
+        // A new thread names itself once it runs; the kernel keeps the first 15 bytes.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let names = thread_names();
+            if names.iter().any(|name| name == "dbguard-metrics") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no upkeep thread among {names:?}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
 
     const BOUNDS: &[f64] = &[0.001, 0.01, 0.1];
 

@@ -2,16 +2,20 @@
 //! on, a peer pool and the raw driver, interleaved in one run.
 //!
 //! Two workloads (`SELECT 1`, and a primary-key read on a table of `DBGUARD_BENCH_ROWS` rows
-//! with a random id) at several concurrencies. For each workload × concurrency every variant
-//! runs in turn, and that round is repeated; each row reports the variant's median round, so
-//! drift on the machine hits all variants alike. Each run opens its own pool (or connections),
-//! warms up, measures, and closes it again, so runs do not share connections and the server's
-//! `max_connections` is never approached.
+//! with a random id) at several concurrencies. For each workload × concurrency the variants take
+//! turns in rounds, and each row reports the variant's median round. A round measures every
+//! variant for `DBGUARD_BENCH_SECONDS` in `DBGUARD_BENCH_SLICES` short slices: the variants
+//! take turns slice by slice, each slice starting with the next variant in line, so a slow or
+//! fast stretch of the machine (rounds of one variant moved by 20–40 % on a 2-core VM) falls
+//! on every variant alike instead of deciding a ratio. Each slice opens its own pool (or
+//! connections), warms up, measures, and closes it again, so slices do not share connections
+//! and the server's `max_connections` is never approached.
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
-//! | `DBGUARD_BENCH_SECONDS` | 2 | measured seconds per run (1-s rounds moved the 16-task ratios by ±10 %) |
-//! | `DBGUARD_BENCH_WARMUP` | 0.3 | unmeasured seconds before each run |
+//! | `DBGUARD_BENCH_SECONDS` | 2 | measured seconds per variant and round (1-s rounds moved the 16-task ratios by ±10 %) |
+//! | `DBGUARD_BENCH_SLICES` | 4 | slices a round's seconds are measured in, the variants taking turns |
+//! | `DBGUARD_BENCH_WARMUP` | 0.3 | unmeasured seconds before each slice |
 //! | `DBGUARD_BENCH_ROUNDS` | 3 | rounds per workload × concurrency |
 //! | `DBGUARD_BENCH_TASKS` | 1,4,16,64 | concurrent tasks |
 //! | `DBGUARD_BENCH_POOL` | 16 | pool size of every pooled variant |
@@ -21,7 +25,7 @@
 //! | `DBGUARD_TEST_PG_URL` | postgres://postgres@127.0.0.1:5432/postgres | the server |
 //! | `DBGUARD_PLUGIN_DIR` | unset: build `plugin-wasi/guest` | where `decorrelated_retry.wasm` is |
 //!
-//! `DBGUARD_BENCH_SECONDS=0.2 DBGUARD_BENCH_ROUNDS=1 cargo bench -p dbguard-tests --bench load`
+//! `DBGUARD_BENCH_SECONDS=0.2 DBGUARD_BENCH_ROUNDS=1 DBGUARD_BENCH_SLICES=1 cargo bench -p dbguard-tests --bench load`
 //! is a smoke run.
 
 mod support;
@@ -152,6 +156,8 @@ struct Knobs {
     seconds: Duration,
     warmup: Duration,
     rounds: usize,
+    /// Slices each round's measured seconds are split into.
+    slices: usize,
     tasks: Vec<usize>,
     pool: u32,
     rows: i64,
@@ -166,6 +172,7 @@ impl Knobs {
             seconds: knob_seconds("DBGUARD_BENCH_SECONDS", 2.0),
             warmup: knob_seconds("DBGUARD_BENCH_WARMUP", 0.3),
             rounds: knob("DBGUARD_BENCH_ROUNDS", 3usize).max(1),
+            slices: knob("DBGUARD_BENCH_SLICES", 4usize).max(1),
             tasks: knob_list("DBGUARD_BENCH_TASKS", &[1usize, 4, 16, 64]),
             pool: knob("DBGUARD_BENCH_POOL", 16u32).max(1),
             rows: knob("DBGUARD_BENCH_ROWS", 10_000i64).max(1),
@@ -403,11 +410,46 @@ impl Target {
     }
 }
 
-/// One variant's measured run.
+/// One variant's measured round: its slices together.
 #[derive(Debug, Clone)]
 struct Run {
     ops_per_sec: f64,
     latency: Percentiles,
+    errors: u64,
+    first_error: Option<String>,
+    plugin_calls: Option<u64>,
+}
+
+impl Run {
+    /// The round made of `slices`: calls over measured time, percentiles over every call.
+    fn of_slices(slices: Vec<Slice>) -> Self {
+        let measured: Duration = slices.iter().map(|slice| slice.measured).sum();
+        let mut nanos = Vec::with_capacity(slices.iter().map(|slice| slice.nanos.len()).sum());
+        let (mut errors, mut first_error, mut plugin_calls) = (0, None, None);
+        for slice in slices {
+            nanos.extend_from_slice(&slice.nanos);
+            errors += slice.errors;
+            first_error = first_error.or(slice.first_error);
+            plugin_calls = match (plugin_calls, slice.plugin_calls) {
+                (Some(sum), Some(calls)) => Some(sum + calls),
+                (sum, calls) => sum.or(calls),
+            };
+        }
+        Self {
+            ops_per_sec: nanos.len() as f64 / measured.as_secs_f64().max(f64::MIN_POSITIVE),
+            latency: Percentiles::of(&mut nanos),
+            errors,
+            first_error,
+            plugin_calls,
+        }
+    }
+}
+
+/// One slice of a variant's round: a fresh target, warmed up, measured for a while.
+struct Slice {
+    measured: Duration,
+    /// Latency of every call that succeeded while measuring.
+    nanos: Vec<u64>,
     errors: u64,
     first_error: Option<String>,
     plugin_calls: Option<u64>,
@@ -421,11 +463,18 @@ struct Tally {
     first_error: Option<String>,
 }
 
-async fn run_once(variant: Variant, workload: Workload, tasks: usize, setup: &Setup) -> Result<Run, String> {
+/// One slice of `variant` measured for `measure` after the warm-up.
+async fn run_slice(
+    variant: Variant,
+    workload: Workload,
+    tasks: usize,
+    setup: &Setup,
+    measure: Duration,
+) -> Result<Slice, String> {
     let mut target = Target::open(variant, tasks, setup).await?;
     let phase = Arc::new(AtomicU8::new(WARMUP));
     let rows = setup.knobs.rows.unsigned_abs();
-    let expected_ops = (setup.knobs.seconds.as_secs_f64() * 200_000.0 / tasks as f64) as usize;
+    let expected_ops = (measure.as_secs_f64() * 200_000.0 / tasks as f64) as usize;
     let handles: Vec<_> = target
         .workers(tasks)
         .into_iter()
@@ -461,7 +510,7 @@ async fn run_once(variant: Variant, workload: Workload, tasks: usize, setup: &Se
     tokio::time::sleep(setup.knobs.warmup).await;
     phase.store(MEASURE, Ordering::Relaxed);
     let measuring = Instant::now();
-    tokio::time::sleep(setup.knobs.seconds).await;
+    tokio::time::sleep(measure).await;
     phase.store(STOP, Ordering::Relaxed);
     let measured = measuring.elapsed();
 
@@ -477,14 +526,7 @@ async fn run_once(variant: Variant, workload: Workload, tasks: usize, setup: &Se
     }
     let plugin_calls = target.plugin_calls();
     target.close(workers).await;
-    let ops = nanos.len() as u64;
-    Ok(Run {
-        ops_per_sec: ops as f64 / measured.as_secs_f64(),
-        latency: Percentiles::of(&mut nanos),
-        errors,
-        first_error,
-        plugin_calls,
-    })
+    Ok(Slice { measured, nanos, errors, first_error, plugin_calls })
 }
 
 /// The decorrelated-retry example plugin written into a fresh plugin directory as
@@ -591,6 +633,33 @@ impl Cell {
     fn ops(&self, variant: Variant) -> Option<f64> {
         self.summary(variant).ok().map(|(run, _)| run.ops_per_sec)
     }
+
+    /// The variant's throughput in each round, in round order (`None` for a failed round).
+    fn ops_by_round(&self, variant: Variant) -> Vec<Option<f64>> {
+        self.rounds
+            .iter()
+            .filter(|(v, _)| *v == variant)
+            .map(|(_, outcome)| outcome.as_ref().ok().map(|run| run.ops_per_sec))
+            .collect()
+    }
+
+    /// `numerator` ÷ `denominator` in each round both completed. The two were measured in the
+    /// same stretch of time, slice for slice, so a round's ratio does not depend on how fast the
+    /// machine was during that round.
+    fn round_ratios(&self, numerator: Variant, denominator: Variant) -> Vec<f64> {
+        self.ops_by_round(numerator)
+            .into_iter()
+            .zip(self.ops_by_round(denominator))
+            .filter_map(|(n, d)| ratio(n, d))
+            .collect()
+    }
+}
+
+/// The median of `values` (the lower middle one of an even count), if any.
+fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len().saturating_sub(1) / 2).copied()
 }
 
 fn ratio(numerator: Option<f64>, denominator: Option<f64>) -> Option<f64> {
@@ -692,25 +761,42 @@ failed attempt.";
 fn report_targets(report: &mut Report, cells: &[Cell]) {
     report.line("### Targets");
     report.line("");
-    let mut table = Table::new(&["target", "workload", "tasks", "measured", "met"]);
-    let verdict = |r: Option<f64>, floor: f64| match r {
-        Some(r) if r >= floor => "yes",
-        Some(_) => "**no**",
-        None => "not measured",
+    report.line(
+        "A target is judged on the median of its per-round ratios: within a round both variants ran \
+         slice for slice in the same stretch of time. The ratio of the two median rounds (which may \
+         come from different rounds) is shown beside it.",
+    );
+    report.line("");
+    let mut table =
+        Table::new(&["target", "workload", "tasks", "per-round ratios", "median", "ratio of median rounds", "met"]);
+    let mut target_row = |label: String, cell: &Cell, subject: Variant, baseline: Variant, floor: f64| {
+        let rounds = cell.round_ratios(subject, baseline);
+        let measured = median(&rounds);
+        let verdict = match measured {
+            Some(r) if r >= floor => "yes",
+            Some(_) => "**no**",
+            None => "not measured",
+        };
+        table.row(&[
+            label,
+            cell.workload.key().to_owned(),
+            cell.tasks.to_string(),
+            if rounds.is_empty() {
+                "–".to_owned()
+            } else {
+                rounds.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(" / ")
+            },
+            ratio_cell(measured),
+            ratio_cell(ratio(cell.ops(subject), cell.ops(baseline))),
+            verdict.to_owned(),
+        ]);
     };
     for cell in cells.iter().filter(|c| c.tasks == 16 || c.tasks == 64) {
         let floors = [(Variant::RawSqlx, 0.8), (Variant::Deadpool, 1.0)];
         for (guarded, (baseline, floor)) in
             [Variant::DbguardFull, Variant::DbguardSimple].into_iter().flat_map(|g| floors.map(|f| (g, f)))
         {
-            let measured = ratio(cell.ops(guarded), cell.ops(baseline));
-            table.row(&[
-                format!("{} ≥ {floor} × {}", guarded.label(), baseline.label()),
-                cell.workload.key().to_owned(),
-                cell.tasks.to_string(),
-                ratio_cell(measured),
-                verdict(measured, floor).to_owned(),
-            ]);
+            target_row(format!("{} ≥ {floor} × {}", guarded.label(), baseline.label()), cell, guarded, baseline, floor);
         }
     }
     // Not targets of their own: what a pool with nothing on top reaches against `raw sqlx`, and
@@ -720,25 +806,13 @@ fn report_targets(report: &mut Report, cells: &[Cell]) {
         for (subject, baseline, floor) in
             [(Variant::BarePool, Variant::RawSqlx, 0.8), (Variant::DbguardFull, Variant::BarePool, 0.9)]
         {
-            let measured = ratio(cell.ops(subject), cell.ops(baseline));
-            table.row(&[
-                format!("(reference) {} ≥ {floor} × {}", subject.label(), baseline.label()),
-                cell.workload.key().to_owned(),
-                cell.tasks.to_string(),
-                ratio_cell(measured),
-                verdict(measured, floor).to_owned(),
-            ]);
+            let label = format!("(reference) {} ≥ {floor} × {}", subject.label(), baseline.label());
+            target_row(label, cell, subject, baseline, floor);
         }
     }
     for cell in cells.iter().filter(|c| c.tasks == 1 || c.tasks == 16) {
-        let options = ratio(cell.ops(Variant::SeaOrmDbguardOptions), cell.ops(Variant::SeaOrmDefault));
-        table.row(&[
-            "SeaORM + dbguard options ≥ 1.3 × SeaORM default".to_owned(),
-            cell.workload.key().to_owned(),
-            cell.tasks.to_string(),
-            ratio_cell(options),
-            verdict(options, 1.3).to_owned(),
-        ]);
+        let label = "SeaORM + dbguard options ≥ 1.3 × SeaORM default".to_owned();
+        target_row(label, cell, Variant::SeaOrmDbguardOptions, Variant::SeaOrmDefault, 1.3);
     }
     report.line(table.render().trim_end());
     report.line("");
@@ -757,6 +831,33 @@ fn report_targets(report: &mut Report, cells: &[Cell]) {
         ));
         report.line("");
     }
+}
+
+/// One round at `workload` × `tasks`: every variant measured in slices, taking turns, the first
+/// turn of each slice passing to the next variant in line (so none always follows the same
+/// neighbour or opens the round).
+async fn run_round(
+    workload: Workload,
+    tasks: usize,
+    setup: &Setup,
+    round: usize,
+) -> Vec<(Variant, Result<Run, String>)> {
+    let knobs = &setup.knobs;
+    let variants = &knobs.variants;
+    let measure = knobs.seconds.div_f64(knobs.slices as f64);
+    let mut slices: Vec<Result<Vec<Slice>, String>> = variants.iter().map(|_| Ok(Vec::new())).collect();
+    for slice in 0..knobs.slices {
+        let first = (round * knobs.slices + slice) % variants.len();
+        for turn in 0..variants.len() {
+            let index = (first + turn) % variants.len();
+            let Ok(done) = &mut slices[index] else { continue };
+            match run_slice(variants[index], workload, tasks, setup, measure).await {
+                Ok(measured) => done.push(measured),
+                Err(err) => slices[index] = Err(err),
+            }
+        }
+    }
+    variants.iter().copied().zip(slices.into_iter().map(|outcome| outcome.map(Run::of_slices))).collect()
 }
 
 async fn bench() -> Result<Report, String> {
@@ -785,13 +886,16 @@ async fn bench() -> Result<Report, String> {
     report.line("## Closed-loop load (`tests/benches/load.rs`)");
     report.line("");
     report.line(format!(
-        "Server: {version}, loopback TCP, `sslmode=disable` for every client. {} measured s per run after \
-         {} s warm-up, {} interleaved round(s), median round reported; pool of {} connections for every \
+        "Server: {version}, loopback TCP, `sslmode=disable` for every client. {} round(s), median round \
+         reported; a round measures every variant for {} s in {} slice(s), the variants taking turns slice \
+         by slice (the first turn passing to the next variant each slice), each slice on freshly opened \
+         connections after {} s warm-up; pool of {} connections for every \
          pooled variant; `raw sqlx` holds one connection per task (64 at 64 tasks). dbguard's Prometheus \
          recorder {}. Load generator and server share the machine's {} cores.",
-        knobs.seconds.as_secs_f64(),
-        knobs.warmup.as_secs_f64(),
         knobs.rounds,
+        knobs.seconds.as_secs_f64(),
+        knobs.slices,
+        knobs.warmup.as_secs_f64(),
         knobs.pool,
         if knobs.metrics { "installed" } else { "not installed" },
         support::cores(),
@@ -803,8 +907,7 @@ async fn bench() -> Result<Report, String> {
         for &tasks in &knobs.tasks {
             let mut cell = Cell { workload, tasks, rounds: Vec::new() };
             for round in 0..knobs.rounds {
-                for &variant in &knobs.variants {
-                    let outcome = run_once(variant, workload, tasks, &setup).await;
+                for (variant, outcome) in run_round(workload, tasks, &setup, round).await {
                     match &outcome {
                         Ok(run) => eprintln!(
                             "{} tasks={tasks} round={round} {:<26} {:>9.0} ops/s p50={}µs p99={}µs errors={}",

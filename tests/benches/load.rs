@@ -42,7 +42,7 @@ use dbguard_http::plugins::PluginRuntime;
 use dbguard_tests::TestDb;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement};
 use sqlx::{Connection, PgConnection};
-use support::{Percentiles, Report, Table, XorShift, knob, knob_list, knob_seconds, micros, with_sslmode};
+use support::{Percentiles, Report, Table, XorShift, knob, knob_list, knob_seconds, median, micros, with_sslmode};
 
 const SELECT_ONE: &str = "SELECT 1";
 const INDEXED_READ: &str = "SELECT id, name FROM bench_items WHERE id = $1";
@@ -653,13 +653,6 @@ impl Cell {
             .filter_map(|(n, d)| ratio(n, d))
             .collect()
     }
-}
-
-/// The median of `values` (the lower middle one of an even count), if any.
-fn median(values: &[f64]) -> Option<f64> {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted.get(sorted.len().saturating_sub(1) / 2).copied()
 }
 
 fn ratio(numerator: Option<f64>, denominator: Option<f64>) -> Option<f64> {

@@ -72,6 +72,7 @@ bench:
     export DBGUARD_PLUGIN_DIR="$guests/wasm32-wasip2/release"
     cargo bench -p dbguard-plugin-host --bench plugin -- --output-format bencher | tee "$report/plugin.txt"
     cargo bench -p dbguard-tests --bench load
+    cargo bench -p dbguard-tests --bench sqlite_load
     cargo bench -p dbguard-tests --bench health_endpoint
     cargo bench -p dbguard-tests --bench recovery
     cargo bench -p dbguard-tests --bench routing
@@ -95,7 +96,7 @@ bench:
         echo "| PostgreSQL | $pg_version |"
         echo "| rustc | $(rustc --version) |"
         echo
-        cat "$report/load.md" "$report/health_endpoint.md" "$report/recovery.md" "$report/routing.md"
+        cat "$report/load.md" "$report/sqlite_load.md" "$report/health_endpoint.md" "$report/recovery.md" "$report/routing.md"
         echo "## Core micro benchmarks (\`core/benches/core.rs\`, criterion)"
         echo
         criterion_table < "$report/core.txt"

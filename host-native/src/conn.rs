@@ -1,6 +1,6 @@
 //! [`DbConn`]: the connection a guarded call works on, usable by everything in SeaORM that
 //! takes a `&impl ConnectionTrait` (`Entity::find().all(&db)`, ActiveModel writes, raw
-//! [`Statement`]s, `execute_unprepared`).
+//! [`Statement`]s, `execute_unprepared`) or a `&impl StreamTrait` (`Entity::find().stream(&db)`).
 //!
 //! On PostgreSQL it wraps one connection of dbguard's own pool ([`crate::pg_pool`]), checked
 //! out at the first statement and returned (with no round trip) when the handle is dropped.
@@ -9,11 +9,16 @@
 use std::time::Instant;
 
 use dbguard_core::StatementMode;
+use std::future::Future;
+use std::pin::Pin;
+
+use futures::StreamExt as _;
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use sea_orm::sea_query::{PostgresQueryBuilder, Values, inject_parameters};
 use sea_orm::{
     ConnAcquireErr, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, ExecResult,
-    QueryResult, RuntimeErr, Statement, TransactionTrait,
+    QueryResult, RuntimeErr, Statement, StreamTrait, TransactionTrait,
 };
 use sea_query_sqlx::SqlxValues;
 use sqlx::postgres::{PgArguments, PgConnection};
@@ -68,6 +73,13 @@ struct Slot {
     in_transaction: bool,
     /// The connection failed below SQL (I/O, protocol): it is not worth returning.
     broken: bool,
+}
+
+impl Slot {
+    /// The checked-out connection ([`Owned::checked_out`] put one here).
+    fn conn(&mut self) -> &mut PgConnection {
+        &mut self.object.as_mut().expect("a connection is checked out before use").conn
+    }
 }
 
 impl Drop for Owned {
@@ -146,30 +158,61 @@ impl Owned {
         work: impl for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<R, sqlx::Error>>,
         map_err: fn(sqlx::Error) -> DbErr,
     ) -> Result<R, DbErr> {
+        let mut slot = self.checked_out().await?;
+        slot.in_flight = true;
+        let result = work(slot.conn()).await;
+        slot.in_flight = false;
+        result.map_err(|err| map_err(self.note_failure(&mut slot, err)))
+    }
+
+    /// The slot, locked, with a connection checked out.
+    async fn checked_out(&self) -> Result<tokio::sync::MutexGuard<'_, Slot>, DbErr> {
         let mut slot = self.slot.lock().await;
         if slot.object.is_none() {
             slot.object = Some(self.pool.checkout().await?);
         }
-        slot.in_flight = true;
-        let Slot { object, .. } = &mut *slot;
-        let conn = &mut object.as_mut().expect("checked out above").conn;
-        let result = work(conn).await;
-        slot.in_flight = false;
-        match result {
-            Ok(value) => Ok(value),
-            Err(err) => {
-                // A statement the server rejected leaves the connection usable; a broken socket,
-                // a protocol error or a server ending the session does not. What broke this
-                // connection (a restart, terminated backends) likely broke its idle siblings too:
-                // they are pinged before their next use.
-                let ends_session = crate::classify::classify_sqlx(&err).class.says_server_may_be_gone();
-                if ends_session || !matches!(err, sqlx::Error::Database(_)) {
-                    slot.broken = true;
-                    self.pool.suspect_idle_connections();
-                }
-                Err(map_err(err))
-            }
+        Ok(slot)
+    }
+
+    /// Marks the connection broken when `err` says it is, and hands `err` back.
+    fn note_failure(&self, slot: &mut Slot, err: sqlx::Error) -> sqlx::Error {
+        // A statement the server rejected leaves the connection usable; a broken socket, a
+        // protocol error or a server ending the session does not. What broke this connection (a
+        // restart, terminated backends) likely broke its idle siblings too: they are pinged
+        // before their next use.
+        let ends_session = crate::classify::classify_sqlx(&err).class.says_server_may_be_gone();
+        if ends_session || !matches!(err, sqlx::Error::Database(_)) {
+            slot.broken = true;
+            self.pool.suspect_idle_connections();
         }
+        err
+    }
+
+    /// The rows of `stmt` as they arrive. The stream holds the connection until it ends; one
+    /// dropped before its end leaves rows unread, so the connection is closed, not returned.
+    async fn stream(&self, stmt: Statement) -> Result<BoxStream<'_, Result<QueryResult, DbErr>>, DbErr> {
+        let sendable = self.sendable(stmt)?;
+        let mut slot = self.checked_out().await?;
+        slot.in_flight = true;
+        Ok(Box::pin(async_stream::stream! {
+            let mut failure = None;
+            {
+                let mut rows = slot.conn().fetch(sendable);
+                while let Some(row) = rows.next().await {
+                    match row {
+                        Ok(row) => yield Ok(QueryResult::from(row)),
+                        Err(err) => {
+                            failure = Some(err);
+                            break;
+                        }
+                    }
+                }
+            }
+            slot.in_flight = false;
+            if let Some(err) = failure {
+                yield Err(query_err(self.note_failure(&mut slot, err)));
+            }
+        }))
     }
 
     async fn end_transaction(&self, sql: &'static str) -> Result<(), DbErr> {
@@ -280,8 +323,8 @@ impl ConnectionTrait for DbConn {
     fn get_database_backend(&self) -> DbBackend {
         match &self.kind {
             Kind::Owned(_) => DbBackend::Postgres,
-            Kind::Shared(db) => db.get_database_backend(),
-            Kind::SharedTransaction(txn) => txn.get_database_backend(),
+            Kind::Shared(db) => ConnectionTrait::get_database_backend(db),
+            Kind::SharedTransaction(txn) => ConnectionTrait::get_database_backend(txn),
         }
     }
 
@@ -315,6 +358,27 @@ impl ConnectionTrait for DbConn {
             Kind::Shared(db) => db.query_all_raw(stmt).await,
             Kind::SharedTransaction(txn) => txn.query_all_raw(stmt).await,
         }
+    }
+}
+
+impl StreamTrait for DbConn {
+    type Stream<'a> = BoxStream<'a, Result<QueryResult, DbErr>>;
+
+    fn get_database_backend(&self) -> DbBackend {
+        ConnectionTrait::get_database_backend(self)
+    }
+
+    fn stream_raw<'a>(
+        &'a self,
+        stmt: Statement,
+    ) -> Pin<Box<dyn Future<Output = Result<Self::Stream<'a>, DbErr>> + 'a + Send>> {
+        Box::pin(async move {
+            match &self.kind {
+                Kind::Owned(owned) => owned.stream(stmt).await,
+                Kind::Shared(db) => Ok(db.stream_raw(stmt).await?.boxed()),
+                Kind::SharedTransaction(txn) => Ok(txn.stream_raw(stmt).await?.boxed()),
+            }
+        })
     }
 }
 

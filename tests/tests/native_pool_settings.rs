@@ -2,7 +2,7 @@
 //! long statement with 57014 and leaves the connection usable, `DB_POOL_RECYCLE` replaces a
 //! connection once it has lived that long, and dbguard's own PostgreSQL pool keeps
 //! `DB_POOL_SIZE` warm, closes idle overflow, counts its waiters, and never reuses a connection
-//! whose statement was cut off.
+//! whose statement was cut off or whose rows were left unread.
 
 mod common;
 
@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use dbguard::{DbManager, ErrorClass, Idempotency};
 use dbguard_tests::TestDb;
-use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use futures::StreamExt as _;
+use sea_orm::{ConnectionTrait, DbBackend, Statement, StreamTrait};
 
 /// One connection and no overflow, so consecutive calls can only use the same session unless
 /// the pool replaced it.
@@ -47,6 +48,44 @@ async fn statement_timeout_cancels_with_57014_and_the_connection_stays_usable() 
 
     // The same session (the pool's only one) answers the next call: it was not discarded.
     assert_eq!(backend_pid(&manager).await, before, "the cancelled statement's connection was replaced");
+    manager.close().await;
+}
+
+/// Streams the first `take` rows of a 100 000-row series on a guarded call's connection, and
+/// drops the stream there.
+async fn stream_series(manager: &DbManager, take: usize) -> usize {
+    manager
+        .run(Idempotency::Idempotent, move |db| async move {
+            let series = Statement::from_string(DbBackend::Postgres, "SELECT generate_series(1, 100000) AS n");
+            let mut rows = db.stream_raw(series).await?;
+            let mut read = 0;
+            while read < take {
+                match rows.next().await {
+                    Some(row) => {
+                        assert_eq!(row?.try_get::<i32>("", "n")?, i32::try_from(read + 1).expect("small"));
+                        read += 1;
+                    }
+                    None => break,
+                }
+            }
+            Ok(read)
+        })
+        .await
+        .expect("stream the series")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_left_unfinished_closes_its_connection_and_a_finished_one_returns_it() {
+    let Some(db) = TestDb::create_or_skip("stream_unfinished").await else { return };
+    let manager = common::manager(db.url(), ONE_CONNECTION).await;
+
+    let first = backend_pid(&manager).await;
+    assert_eq!(stream_series(&manager, usize::MAX).await, 100_000, "every row arrives, in order");
+    assert_eq!(backend_pid(&manager).await, first, "a stream read to its end returns its connection");
+
+    assert_eq!(stream_series(&manager, 3).await, 3);
+    let after_unfinished = backend_pid(&manager).await;
+    assert_ne!(after_unfinished, first, "a connection with rows left unread went back to the pool");
     manager.close().await;
 }
 

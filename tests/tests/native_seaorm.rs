@@ -1,6 +1,7 @@
 //! SeaORM on dbguard's own PostgreSQL pool, in both statement modes: the handle `run` and
-//! `transaction` give implements `ConnectionTrait`, so entities, ActiveModel inserts, updates
-//! and deletes, raw `Statement`s and `execute_unprepared` work on it, and values of each column
+//! `transaction` give implements `ConnectionTrait` and `StreamTrait`, so entities (collected or
+//! streamed), ActiveModel inserts, updates and deletes, raw `Statement`s and
+//! `execute_unprepared` work on it, and values of each column
 //! type come back as they went in (the simple mode reads rows in text format, the prepared
 //! mode in binary).
 
@@ -8,6 +9,7 @@ mod common;
 
 use dbguard::{DbManager, Idempotency};
 use dbguard_tests::TestDb;
+use futures::TryStreamExt as _;
 use sea_orm::entity::prelude::*;
 use sea_orm::{ActiveValue::Set, ConnectionTrait, DbBackend, QueryOrder, Schema, Statement};
 
@@ -101,6 +103,14 @@ async fn exercise(manager: &DbManager) {
     assert_eq!(all.len(), 2);
     assert_eq!(all[0], updated, "every column reads back as written");
     assert_eq!(all[1].count, -3);
+    let streamed = manager
+        .run(Idempotency::Idempotent, |db| async move {
+            let rows = gadget::Entity::find().order_by_asc(gadget::Column::Id).stream(&db).await?;
+            rows.try_collect::<Vec<_>>().await
+        })
+        .await
+        .expect("Entity::find().stream");
+    assert_eq!(streamed, all, "streamed rows read back as the collected ones");
 
     let filtered = manager
         .run(Idempotency::Idempotent, |db| async move {

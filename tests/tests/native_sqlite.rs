@@ -1,4 +1,4 @@
-//! SQLite: contention is retried and nothing is lost; in-memory databases work.
+//! SQLite: contention is retried and nothing is lost; in-memory databases work; rows stream.
 
 mod common;
 
@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dbguard::{DbManager, HealthStatus, Idempotency, TxnOptions};
-use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use futures::{StreamExt as _, TryStreamExt as _};
+use sea_orm::{ConnectionTrait, DbBackend, Statement, StreamTrait};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contending_writers_lose_no_row() {
@@ -150,5 +151,26 @@ async fn immediate_transactions_serialize_writers() {
         .await
         .expect("read");
     assert_eq!(n, 100);
+
+    // Rows stream on SeaORM's pool and inside a transaction on it alike.
+    let counter = || Statement::from_string(DbBackend::Sqlite, "SELECT n FROM counter UNION ALL SELECT -1");
+    let streamed = manager
+        .run(Idempotency::Idempotent, |db| async move {
+            let rows = db.stream_raw(counter()).await?;
+            rows.map(|row| row?.try_get::<i32>("", "n")).try_collect::<Vec<_>>().await
+        })
+        .await
+        .expect("stream on the pool");
+    assert_eq!(streamed, vec![100, -1]);
+    let streamed_in_transaction = manager
+        .transaction(|txn| {
+            Box::pin(async move {
+                let rows = txn.stream_raw(counter()).await?;
+                rows.map(|row| row?.try_get::<i32>("", "n")).try_collect::<Vec<_>>().await
+            })
+        })
+        .await
+        .expect("stream in a transaction");
+    assert_eq!(streamed_in_transaction, vec![100, -1]);
     manager.close().await;
 }

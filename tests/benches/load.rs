@@ -42,7 +42,9 @@ use dbguard_http::plugins::PluginRuntime;
 use dbguard_tests::TestDb;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement};
 use sqlx::{Connection, PgConnection};
-use support::{Percentiles, Report, Table, XorShift, knob, knob_list, knob_seconds, median, micros, with_sslmode};
+use support::{
+    BareManager, Percentiles, Report, Table, XorShift, knob, knob_list, knob_seconds, median, micros, with_sslmode,
+};
 
 const SELECT_ONE: &str = "SELECT 1";
 const INDEXED_READ: &str = "SELECT id, name FROM bench_items WHERE id = $1";
@@ -211,7 +213,7 @@ struct Setup {
 enum Target {
     Raw(Vec<PgConnection>, Variant),
     Deadpool(deadpool_postgres::Pool),
-    BarePool(deadpool::managed::Pool<BareManager>),
+    BarePool(deadpool::managed::Pool<BareManager<PgConnection>>),
     SeaOrm(DatabaseConnection),
     Guarded { manager: DbManager, plugins: Option<PluginRuntime> },
 }
@@ -221,33 +223,9 @@ enum Worker {
     /// A dedicated connection, and which of the raw variants drives it.
     Raw(PgConnection, Variant),
     Deadpool(deadpool_postgres::Pool),
-    BarePool(deadpool::managed::Pool<BareManager>),
+    BarePool(deadpool::managed::Pool<BareManager<PgConnection>>),
     SeaOrm(DatabaseConnection),
     Guarded(DbManager),
-}
-
-/// deadpool's managed pool of sqlx connections with nothing on top: no validation, no
-/// guard, no metrics. dbguard's pool is this plus its checks, so the row is the floor under
-/// the guarded rows and the gap to `raw sqlx` that any pool of these connections pays.
-struct BareManager {
-    url: String,
-}
-
-impl deadpool::managed::Manager for BareManager {
-    type Type = PgConnection;
-    type Error = sqlx::Error;
-
-    async fn create(&self) -> Result<PgConnection, sqlx::Error> {
-        PgConnection::connect(&self.url).await
-    }
-
-    async fn recycle(
-        &self,
-        _: &mut PgConnection,
-        _: &deadpool::managed::Metrics,
-    ) -> deadpool::managed::RecycleResult<sqlx::Error> {
-        Ok(())
-    }
 }
 
 /// The workload's statement on `conn`, named and cached as `raw sqlx` sends it.
@@ -331,7 +309,8 @@ impl Target {
                 Ok(Target::Deadpool(pool))
             }
             Variant::BarePool => {
-                let manager = BareManager { url: setup.url.clone() };
+                let options = setup.url.parse().map_err(|e: sqlx::Error| e.to_string())?;
+                let manager = BareManager::<PgConnection> { options };
                 let pool = deadpool::managed::Pool::builder(manager)
                     .max_size(pool as usize)
                     .build()

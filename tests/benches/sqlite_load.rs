@@ -39,7 +39,7 @@ use dbguard_core::DbConfig;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions as _, Connection as _, SqliteConnection};
-use support::{Percentiles, Report, Table, XorShift, knob, knob_list, knob_seconds, median, micros};
+use support::{BareManager, Percentiles, Report, Table, XorShift, knob, knob_list, knob_seconds, median, micros};
 
 const SELECT_ONE: &str = "SELECT 1";
 const INDEXED_READ: &str = "SELECT id, name FROM bench_items WHERE id = $1";
@@ -80,31 +80,10 @@ fn file_options(path: &str) -> Result<SqliteConnectOptions, String> {
         .synchronous(SqliteSynchronous::Normal))
 }
 
-struct BareManager {
-    options: SqliteConnectOptions,
-}
-
-impl deadpool::managed::Manager for BareManager {
-    type Type = SqliteConnection;
-    type Error = sqlx::Error;
-
-    async fn create(&self) -> Result<SqliteConnection, sqlx::Error> {
-        self.options.connect().await
-    }
-
-    async fn recycle(
-        &self,
-        _: &mut SqliteConnection,
-        _: &deadpool::managed::Metrics,
-    ) -> deadpool::managed::RecycleResult<sqlx::Error> {
-        Ok(())
-    }
-}
-
 /// What one task calls through.
 enum Worker {
     Raw(SqliteConnection),
-    BarePool(deadpool::managed::Pool<BareManager>),
+    BarePool(deadpool::managed::Pool<BareManager<SqliteConnection>>),
     SeaOrm(DatabaseConnection),
     Guarded(DbManager),
 }

@@ -214,3 +214,28 @@ pub(crate) fn run_main(what: &str, bench: impl std::future::Future<Output = Resu
         }
     }
 }
+
+/// deadpool's managed pool of sqlx connections with nothing on top: no validation on checkout,
+/// nothing done on return, no guard, no metrics. dbguard's PostgreSQL pool is this plus its
+/// checks, so its row is the floor under the guarded rows and the gap to `raw sqlx` that any
+/// pool of these connections pays.
+pub(crate) struct BareManager<C: sqlx::Connection> {
+    pub(crate) options: C::Options,
+}
+
+impl<C: sqlx::Connection> deadpool::managed::Manager for BareManager<C> {
+    type Type = C;
+    type Error = sqlx::Error;
+
+    async fn create(&self) -> Result<C, sqlx::Error> {
+        sqlx::ConnectOptions::connect(&self.options).await
+    }
+
+    async fn recycle(
+        &self,
+        _: &mut C,
+        _: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<sqlx::Error> {
+        Ok(())
+    }
+}

@@ -2,36 +2,37 @@
 //! takes a `&impl ConnectionTrait` (`Entity::find().all(&db)`, ActiveModel writes, raw
 //! [`Statement`]s, `execute_unprepared`) or a `&impl StreamTrait` (`Entity::find().stream(&db)`).
 //!
-//! On PostgreSQL it wraps one connection of dbguard's own pool ([`crate::pg_pool`]), checked
-//! out at the first statement and returned (with no round trip) when the handle is dropped.
-//! On SQLite it wraps SeaORM's pool or transaction.
+//! On PostgreSQL and on a SQLite file it wraps one connection of dbguard's own pool
+//! ([`crate::owned_pool`]), checked out at the first statement and returned (with no round trip)
+//! when the handle is dropped. On an in-memory SQLite database it wraps SeaORM's pool of one
+//! connection, or a transaction on it.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Instant;
 
 use dbguard_core::StatementMode;
-use std::future::Future;
-use std::pin::Pin;
-
 use futures::StreamExt as _;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use sea_orm::sea_query::{PostgresQueryBuilder, Values, inject_parameters};
 use sea_orm::{
     ConnAcquireErr, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, ExecResult,
     QueryResult, RuntimeErr, Statement, StreamTrait, TransactionTrait,
 };
-use sea_query_sqlx::SqlxValues;
-use sqlx::postgres::{PgArguments, PgConnection};
-use sqlx::{Executor as _, IntoArguments, Postgres};
+use sqlx::Postgres;
 
-use crate::pg_pool::{OwnedPgPool, PgObject, PooledPg};
+use crate::backend::{OwnedBackend, Sendable};
+use crate::owned_pool::{OwnedPgPool, OwnedPool, Pooled, PooledObject};
 use crate::stats::HotSeries;
 use crate::transaction::TxnOptions;
 
 /// A database connection for one attempt of a guarded call: implements
 /// [`sea_orm::ConnectionTrait`].
 ///
-/// Statements on one handle run one after another on the same connection.
+/// Statements on one handle run one after another on the same connection. A stream of rows
+/// ([`StreamTrait`]) holds that connection until it ends, so a second statement on the same handle
+/// issued while the stream is still being read waits for the stream, which then never ends: read
+/// the stream to its end (or drop it) first, or collect the rows with `all`.
 pub struct DbConn {
     kind: Kind,
 }
@@ -40,6 +41,8 @@ impl std::fmt::Debug for DbConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match &self.kind {
             Kind::Owned(_) => "postgres",
+            #[cfg(feature = "sqlite")]
+            Kind::OwnedSqlite(_) => "sqlite",
             Kind::Shared(_) => "sea-orm pool",
             Kind::SharedTransaction(_) => "sea-orm transaction",
         };
@@ -49,23 +52,25 @@ impl std::fmt::Debug for DbConn {
 
 enum Kind {
     /// A connection of dbguard's PostgreSQL pool.
-    Owned(Owned),
-    /// SeaORM's pool (SQLite).
+    Owned(Owned<Postgres>),
+    /// A connection of dbguard's pool on a SQLite file.
+    #[cfg(feature = "sqlite")]
+    OwnedSqlite(Owned<sqlx::Sqlite>),
+    /// SeaORM's pool (an in-memory SQLite database).
     Shared(DatabaseConnection),
-    /// A transaction on SeaORM's pool (SQLite).
+    /// A transaction on SeaORM's pool.
     SharedTransaction(DatabaseTransaction),
 }
 
 /// One connection of dbguard's pool, checked out lazily.
-struct Owned {
-    pool: OwnedPgPool,
+struct Owned<DB: OwnedBackend> {
+    pool: OwnedPool<DB>,
     mode: StatementMode,
-    slot: tokio::sync::Mutex<Slot>,
+    slot: tokio::sync::Mutex<Slot<DB>>,
 }
 
-#[derive(Default)]
-struct Slot {
-    object: Option<PgObject>,
+struct Slot<DB: OwnedBackend> {
+    object: Option<PooledObject<DB>>,
     /// A statement was sent and its answer not yet read to the end: if the handle is dropped
     /// now, nobody knows what the connection will say next.
     in_flight: bool,
@@ -75,28 +80,37 @@ struct Slot {
     broken: bool,
 }
 
-impl Slot {
+impl<DB: OwnedBackend> Slot<DB> {
+    fn empty() -> Self {
+        Self { object: None, in_flight: false, in_transaction: false, broken: false }
+    }
+
     /// The checked-out connection ([`Owned::checked_out`] put one here).
-    fn conn(&mut self) -> &mut PgConnection {
+    fn conn(&mut self) -> &mut DB::Connection {
         &mut self.object.as_mut().expect("a connection is checked out before use").conn
     }
 }
 
-impl Drop for Owned {
+impl<DB: OwnedBackend> Drop for Owned<DB> {
     fn drop(&mut self) {
         let slot = self.slot.get_mut();
         let Some(mut object) = slot.object.take() else { return };
         let used_for = object.mark_returned(Instant::now());
         HotSeries::with(|series| series.usage_seconds.record(used_for.as_secs_f64()));
         if slot.in_flight || slot.in_transaction || slot.broken {
-            PooledPg::discard(object);
+            Pooled::discard(object);
         }
     }
 }
 
 impl DbConn {
     pub(crate) fn owned(pool: OwnedPgPool, mode: StatementMode) -> Self {
-        Self { kind: Kind::Owned(Owned { pool, mode, slot: tokio::sync::Mutex::new(Slot::default()) }) }
+        Self { kind: Kind::Owned(Owned::new(pool, mode)) }
+    }
+
+    #[cfg(feature = "sqlite")]
+    pub(crate) fn owned_sqlite(pool: crate::owned_pool::OwnedSqlitePool) -> Self {
+        Self { kind: Kind::OwnedSqlite(Owned::new(pool, StatementMode::Prepared)) }
     }
 
     pub(crate) fn shared(db: DatabaseConnection) -> Self {
@@ -106,11 +120,9 @@ impl DbConn {
     /// Begins a transaction on this connection (checking one out first).
     pub(crate) async fn begin(self, options: &TxnOptions) -> Result<Self, DbErr> {
         match self.kind {
-            Kind::Owned(owned) => {
-                owned.execute_unprepared(&begin_sql(options)).await?;
-                owned.slot.lock().await.in_transaction = true;
-                Ok(Self { kind: Kind::Owned(owned) })
-            }
+            Kind::Owned(owned) => Ok(Self { kind: Kind::Owned(owned.begin(options).await?) }),
+            #[cfg(feature = "sqlite")]
+            Kind::OwnedSqlite(owned) => Ok(Self { kind: Kind::OwnedSqlite(owned.begin(options).await?) }),
             Kind::Shared(db) => {
                 let txn = db.begin_with_options(options.to_sea_orm()).await?;
                 Ok(Self { kind: Kind::SharedTransaction(txn) })
@@ -123,6 +135,8 @@ impl DbConn {
     pub(crate) async fn commit(self) -> Result<(), DbErr> {
         match self.kind {
             Kind::Owned(owned) => owned.end_transaction("COMMIT").await,
+            #[cfg(feature = "sqlite")]
+            Kind::OwnedSqlite(owned) => owned.end_transaction("COMMIT").await,
             Kind::SharedTransaction(txn) => txn.commit().await,
             Kind::Shared(_) => Ok(()),
         }
@@ -132,30 +146,31 @@ impl DbConn {
     pub(crate) async fn rollback(self) -> Result<(), DbErr> {
         match self.kind {
             Kind::Owned(owned) => owned.end_transaction("ROLLBACK").await,
+            #[cfg(feature = "sqlite")]
+            Kind::OwnedSqlite(owned) => owned.end_transaction("ROLLBACK").await,
             Kind::SharedTransaction(txn) => txn.rollback().await,
             Kind::Shared(_) => Ok(()),
         }
     }
 }
 
-/// `BEGIN` with the options' isolation level and access mode (PostgreSQL).
-fn begin_sql(options: &TxnOptions) -> String {
-    let mut sql = String::from("BEGIN");
-    if let Some(isolation) = options.isolation {
-        sql.push_str(&format!(" ISOLATION LEVEL {isolation}"));
+impl<DB: OwnedBackend> Owned<DB> {
+    fn new(pool: OwnedPool<DB>, mode: StatementMode) -> Self {
+        Self { pool, mode, slot: tokio::sync::Mutex::new(Slot::empty()) }
     }
-    if let Some(access) = options.access_mode {
-        sql.push_str(&format!(" {access}"));
-    }
-    sql
-}
 
-impl Owned {
+    /// Begins a transaction on this handle's connection (checking one out first).
+    async fn begin(self, options: &TxnOptions) -> Result<Self, DbErr> {
+        self.execute_unprepared(&DB::begin_sql(options)).await?;
+        self.slot.lock().await.in_transaction = true;
+        Ok(self)
+    }
+
     /// Runs `work` on the checked-out connection (checking one out first), keeping track of
     /// whether the connection is in a known state.
     async fn with_conn<R>(
         &self,
-        work: impl for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<R, sqlx::Error>>,
+        work: impl for<'c> FnOnce(&'c mut DB::Connection) -> BoxFuture<'c, Result<R, sqlx::Error>>,
         map_err: fn(sqlx::Error) -> DbErr,
     ) -> Result<R, DbErr> {
         let mut slot = self.checked_out().await?;
@@ -166,7 +181,7 @@ impl Owned {
     }
 
     /// The slot, locked, with a connection checked out.
-    async fn checked_out(&self) -> Result<tokio::sync::MutexGuard<'_, Slot>, DbErr> {
+    async fn checked_out(&self) -> Result<tokio::sync::MutexGuard<'_, Slot<DB>>, DbErr> {
         let mut slot = self.slot.lock().await;
         if slot.object.is_none() {
             slot.object = Some(self.pool.checkout().await?);
@@ -175,7 +190,7 @@ impl Owned {
     }
 
     /// Marks the connection broken when `err` says it is, and hands `err` back.
-    fn note_failure(&self, slot: &mut Slot, err: sqlx::Error) -> sqlx::Error {
+    fn note_failure(&self, slot: &mut Slot<DB>, err: sqlx::Error) -> sqlx::Error {
         // A statement the server rejected leaves the connection usable; a broken socket, a
         // protocol error or a server ending the session does not. What broke this connection (a
         // restart, terminated backends) likely broke its idle siblings too: they are pinged
@@ -191,16 +206,16 @@ impl Owned {
     /// The rows of `stmt` as they arrive. The stream holds the connection until it ends; one
     /// dropped before its end leaves rows unread, so the connection is closed, not returned.
     async fn stream(&self, stmt: Statement) -> Result<BoxStream<'_, Result<QueryResult, DbErr>>, DbErr> {
-        let sendable = self.sendable(stmt)?;
+        let sendable = DB::sendable(stmt, self.mode)?;
         let mut slot = self.checked_out().await?;
         slot.in_flight = true;
         Ok(Box::pin(async_stream::stream! {
             let mut failure = None;
             {
-                let mut rows = slot.conn().fetch(sendable);
+                let mut rows = DB::fetch(slot.conn(), sendable);
                 while let Some(row) = rows.next().await {
                     match row {
-                        Ok(row) => yield Ok(QueryResult::from(row)),
+                        Ok(row) => yield Ok(DB::query_result(row)),
                         Err(err) => {
                             failure = Some(err);
                             break;
@@ -222,46 +237,27 @@ impl Owned {
     }
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
-        let unprepared: Sendable = (sqlx::AssertSqlSafe(sql.to_owned()), None);
-        self.with_conn(move |conn| conn.execute(unprepared), exec_err).await.map(ExecResult::from)
+        let unprepared: Sendable<DB> = (sqlx::AssertSqlSafe(sql.to_owned()), None);
+        self.with_conn(move |conn| DB::execute(conn, unprepared), exec_err).await.map(DB::exec_result)
     }
 
     async fn execute(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
-        let sendable = self.sendable(stmt)?;
-        self.with_conn(move |conn| conn.execute(sendable), exec_err).await.map(ExecResult::from)
+        let sendable = DB::sendable(stmt, self.mode)?;
+        self.with_conn(move |conn| DB::execute(conn, sendable), exec_err).await.map(DB::exec_result)
     }
 
     async fn query_all(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        let sendable = self.sendable(stmt)?;
-        let rows = self.with_conn(move |conn| conn.fetch_all(sendable), query_err).await?;
-        Ok(rows.into_iter().map(QueryResult::from).collect())
+        let sendable = DB::sendable(stmt, self.mode)?;
+        let rows = self.with_conn(move |conn| DB::fetch_all(conn, sendable), query_err).await?;
+        Ok(rows.into_iter().map(DB::query_result).collect())
     }
 
     async fn query_one(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
-        let sendable = self.sendable(stmt)?;
-        let row = self.with_conn(move |conn| conn.fetch_optional(sendable), query_err).await?;
-        Ok(row.map(QueryResult::from))
-    }
-
-    /// `stmt` as the statement mode sends it: a named, cached statement with bound values, or
-    /// (no arguments) the simple protocol with the values written in.
-    fn sendable(&self, stmt: Statement) -> Result<Sendable, DbErr> {
-        Ok(match self.mode {
-            StatementMode::Prepared => {
-                let values = stmt.values.unwrap_or(Values(Vec::new()));
-                (
-                    sqlx::AssertSqlSafe(stmt.sql),
-                    Some(<SqlxValues as IntoArguments<Postgres>>::into_arguments(SqlxValues(values))),
-                )
-            }
-            StatementMode::Simple => (sqlx::AssertSqlSafe(inline(stmt)?), None),
-        })
+        let sendable = DB::sendable(stmt, self.mode)?;
+        let row = self.with_conn(move |conn| DB::fetch_optional(conn, sendable), query_err).await?;
+        Ok(row.map(DB::query_result))
     }
 }
-
-/// A statement ready for sqlx: with arguments it is prepared (named and cached per
-/// connection); without, it goes over the simple query protocol.
-type Sendable = (sqlx::AssertSqlSafe<String>, Option<PgArguments>);
 
 /// A failed statement, as SeaORM reports one (so that classification sees the same shapes).
 fn exec_err(err: sqlx::Error) -> DbErr {
@@ -282,47 +278,13 @@ pub(crate) fn acquire_err(err: sqlx::Error) -> DbErr {
     }
 }
 
-/// The statement with its parameters written in as literals, escaped by sea-query's
-/// PostgreSQL builder (strings as `E'…'` with every quote and backslash escaped), for the simple
-/// query protocol. A `$n` beyond the parameters given is refused here rather than sent.
-fn inline(stmt: Statement) -> Result<String, DbErr> {
-    let Some(values) = stmt.values.filter(|values| !values.0.is_empty()) else { return Ok(stmt.sql) };
-    if let Some(index) = placeholder_beyond(&stmt.sql, values.0.len()) {
-        return Err(DbErr::Custom(format!(
-            "the statement refers to parameter ${index} but only {} were given",
-            values.0.len()
-        )));
-    }
-    Ok(inject_parameters(&stmt.sql, &values.0, &PostgresQueryBuilder))
-}
-
-/// The first `$n` in `sql` with `n` zero or above `given`, if any (conservatively also inside
-/// literals, where nothing would be substituted).
-fn placeholder_beyond(sql: &str, given: usize) -> Option<usize> {
-    let bytes = sql.as_bytes();
-    let mut index = 0;
-    while index < bytes.len() {
-        if bytes[index] == b'$' {
-            let digits = bytes[index + 1..].iter().take_while(|byte| byte.is_ascii_digit()).count();
-            if digits > 0 {
-                let number = sql[index + 1..index + 1 + digits].parse::<usize>().unwrap_or(usize::MAX);
-                if number == 0 || number > given {
-                    return Some(number);
-                }
-            }
-            index += 1 + digits;
-        } else {
-            index += 1;
-        }
-    }
-    None
-}
-
 #[async_trait::async_trait]
 impl ConnectionTrait for DbConn {
     fn get_database_backend(&self) -> DbBackend {
         match &self.kind {
             Kind::Owned(_) => DbBackend::Postgres,
+            #[cfg(feature = "sqlite")]
+            Kind::OwnedSqlite(_) => DbBackend::Sqlite,
             Kind::Shared(db) => ConnectionTrait::get_database_backend(db),
             Kind::SharedTransaction(txn) => ConnectionTrait::get_database_backend(txn),
         }
@@ -331,6 +293,8 @@ impl ConnectionTrait for DbConn {
     async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
         match &self.kind {
             Kind::Owned(owned) => owned.execute(stmt).await,
+            #[cfg(feature = "sqlite")]
+            Kind::OwnedSqlite(owned) => owned.execute(stmt).await,
             Kind::Shared(db) => db.execute_raw(stmt).await,
             Kind::SharedTransaction(txn) => txn.execute_raw(stmt).await,
         }
@@ -339,6 +303,8 @@ impl ConnectionTrait for DbConn {
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
         match &self.kind {
             Kind::Owned(owned) => owned.execute_unprepared(sql).await,
+            #[cfg(feature = "sqlite")]
+            Kind::OwnedSqlite(owned) => owned.execute_unprepared(sql).await,
             Kind::Shared(db) => db.execute_unprepared(sql).await,
             Kind::SharedTransaction(txn) => txn.execute_unprepared(sql).await,
         }
@@ -347,6 +313,8 @@ impl ConnectionTrait for DbConn {
     async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
         match &self.kind {
             Kind::Owned(owned) => owned.query_one(stmt).await,
+            #[cfg(feature = "sqlite")]
+            Kind::OwnedSqlite(owned) => owned.query_one(stmt).await,
             Kind::Shared(db) => db.query_one_raw(stmt).await,
             Kind::SharedTransaction(txn) => txn.query_one_raw(stmt).await,
         }
@@ -355,6 +323,8 @@ impl ConnectionTrait for DbConn {
     async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
         match &self.kind {
             Kind::Owned(owned) => owned.query_all(stmt).await,
+            #[cfg(feature = "sqlite")]
+            Kind::OwnedSqlite(owned) => owned.query_all(stmt).await,
             Kind::Shared(db) => db.query_all_raw(stmt).await,
             Kind::SharedTransaction(txn) => txn.query_all_raw(stmt).await,
         }
@@ -375,6 +345,8 @@ impl StreamTrait for DbConn {
         Box::pin(async move {
             match &self.kind {
                 Kind::Owned(owned) => owned.stream(stmt).await,
+                #[cfg(feature = "sqlite")]
+                Kind::OwnedSqlite(owned) => owned.stream(stmt).await,
                 Kind::Shared(db) => Ok(db.stream_raw(stmt).await?.boxed()),
                 Kind::SharedTransaction(txn) => Ok(txn.stream_raw(stmt).await?.boxed()),
             }
@@ -385,28 +357,6 @@ impl StreamTrait for DbConn {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn placeholders_past_the_parameters_are_found() {
-        assert_eq!(placeholder_beyond("SELECT $1, $2", 2), None);
-        assert_eq!(placeholder_beyond("SELECT $1, $3", 2), Some(3));
-        assert_eq!(placeholder_beyond("SELECT $0", 1), Some(0));
-        assert_eq!(placeholder_beyond("SELECT $99999999999999999999999", 1), Some(usize::MAX));
-        assert_eq!(placeholder_beyond("SELECT '$' || $1", 1), None);
-    }
-
-    #[test]
-    fn inlined_strings_cannot_close_their_literal() {
-        let stmt = Statement::from_sql_and_values(DbBackend::Postgres, "SELECT $1", ["x'; DROP TABLE t; --\\".into()]);
-        let sql = inline(stmt).expect("inlined");
-        assert_eq!(sql, r"SELECT E'x\'; DROP TABLE t; --\\'");
-    }
-
-    #[test]
-    fn a_statement_without_parameters_is_sent_as_written() {
-        let stmt = Statement::from_string(DbBackend::Postgres, "SELECT $1");
-        assert_eq!(inline(stmt).expect("unchanged"), "SELECT $1");
-    }
 
     /// Every call builds a statement's future and boxes it (`ConnectionTrait` returns boxed
     /// futures), copying it whole: with a connect's state machine inline it was 11 KB per

@@ -1,8 +1,8 @@
 //! # dbguard
 //!
 //! Database connections that survive real life. [`DbManager`] turns a validated
-//! [`DbConfig`](dbguard_core::DbConfig) into a pool for PostgreSQL (dbguard's own: no round trip
-//! when a connection is returned) or SQLite (SeaORM's), hands each attempt a [`DbConn`] that
+//! [`DbConfig`](dbguard_core::DbConfig) into a pool of its own for PostgreSQL or a SQLite file
+//! (nothing is done to a connection when it is returned), hands each attempt a [`DbConn`] that
 //! SeaORM's entities and statements run on, and guards every call with `dbguard-core`'s policy:
 //! errors are classified once, retried only when that is safe, with backoff, a shared retry
 //! budget and a circuit breaker; health is probed on a schedule, cached, and shared between
@@ -31,6 +31,7 @@
 //! # Ok(()) }
 //! ```
 
+mod backend;
 mod classify;
 pub mod clock;
 mod conn;
@@ -39,7 +40,7 @@ mod error;
 mod health;
 mod manager;
 pub mod migrate;
-mod pg_pool;
+mod owned_pool;
 #[cfg(feature = "plugins")]
 pub mod plugins;
 pub mod pool;

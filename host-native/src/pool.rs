@@ -1,6 +1,7 @@
-//! Turning a [`DbConfig`] into a SeaORM pool.
+//! Turning a [`DbConfig`] into pools: dbguard's own ([`OwnedPgPool`], [`OwnedSqlitePool`]) for
+//! guarded calls, and a SeaORM pool for code that needs a plain [`DatabaseConnection`].
 //!
-//! Mapping (SQLAlchemy's names → sqlx's):
+//! Mapping for SeaORM's pool (SQLAlchemy's names → sqlx's):
 //! pool_size → min_connections; pool_size + max_overflow → max_connections, with an idle
 //! timeout that sheds the overflow; pool_timeout → acquire_timeout; pool_recycle →
 //! max_lifetime; echo → statement logging. A pooled connection is pinged before checkout only
@@ -14,11 +15,14 @@ use dbguard_core::{DatabaseType, DbConfig, ErrorClass, PoolStatus, SslMode, Stat
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 #[cfg(feature = "sqlite")]
-use sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
+pub use crate::backend::{OwnedBackend, Sendable};
 use crate::classify::{Classified, classify_sqlx};
 use crate::conn::DbConn;
-pub use crate::pg_pool::{OwnedPgPool, OwnedPoolCounts};
+#[cfg(feature = "sqlite")]
+pub use crate::owned_pool::OwnedSqlitePool;
+pub use crate::owned_pool::{OwnedPgPool, OwnedPool, OwnedPoolCounts};
 
 /// Connections idle longer than this are validated before use.
 pub const VALIDATE_IF_IDLE_FOR: Duration = Duration::from_millis(500);
@@ -82,17 +86,35 @@ pub fn connect_options_for(config: &DbConfig, server: usize, lazy: bool) -> Conn
         DatabaseType::Sqlite => {}
         #[cfg(feature = "sqlite")]
         DatabaseType::Sqlite => {
-            options.map_sqlx_sqlite_opts(move |sqlite| {
-                let sqlite = sqlite.create_if_missing(true).foreign_keys(true).busy_timeout(SQLITE_BUSY_TIMEOUT);
-                if memory {
-                    sqlite
-                } else {
-                    sqlite.journal_mode(SqliteJournalMode::Wal).synchronous(SqliteSynchronous::Normal)
-                }
-            });
+            options.map_sqlx_sqlite_opts(move |sqlite| with_sqlite_pragmas(sqlite, memory));
         }
     }
     options
+}
+
+/// What every SQLite connection of dbguard's runs with: the file is created if missing, foreign
+/// keys are enforced, a locked database is waited on for [`SQLITE_BUSY_TIMEOUT`], and a file
+/// (not an in-memory database) is in WAL mode, so readers never block the writer.
+#[cfg(feature = "sqlite")]
+fn with_sqlite_pragmas(sqlite: SqliteConnectOptions, memory: bool) -> SqliteConnectOptions {
+    let sqlite = sqlite.create_if_missing(true).foreign_keys(true).busy_timeout(SQLITE_BUSY_TIMEOUT);
+    if memory { sqlite } else { sqlite.journal_mode(SqliteJournalMode::Wal).synchronous(SqliteSynchronous::Normal) }
+}
+
+/// sqlx's connect options for dbguard's pool on a SQLite file: the pragmas of
+/// [`with_sqlite_pragmas`] and statement logging as configured.
+#[cfg(feature = "sqlite")]
+fn sqlite_connect_options(config: &DbConfig) -> Result<SqliteConnectOptions, DbErr> {
+    use sqlx::ConnectOptions as _;
+    let options = driver_url(config, 0)
+        .parse::<SqliteConnectOptions>()
+        .map_err(|err| DbErr::Conn(sea_orm::RuntimeErr::SqlxError(err.into())))?;
+    let options = with_sqlite_pragmas(options, false);
+    Ok(if config.echo {
+        options.log_statements(tracing::log::LevelFilter::Info)
+    } else {
+        options.disable_statement_logging()
+    })
 }
 
 fn pg_ssl_mode(mode: SslMode) -> PgSslMode {
@@ -225,50 +247,77 @@ pub async fn select_server(config: &DbConfig) -> Result<usize, NoServer> {
     Err(NoServer { classified, cause: answers.join("; ") })
 }
 
-/// The pools of one server: dbguard's own for PostgreSQL, with a SeaORM pool beside it for
-/// code that needs a plain [`DatabaseConnection`]; SeaORM's (sqlx's) pool for SQLite.
+/// The pools of one server: dbguard's own for PostgreSQL and SQLite files, with a SeaORM pool
+/// beside it for code that needs a plain [`DatabaseConnection`]; SeaORM's pool of one connection
+/// alone for an in-memory SQLite database.
 #[derive(Debug, Clone)]
 pub struct Pools {
-    /// SeaORM's pool. For PostgreSQL it is opened lazily, holds no connection until it is
+    /// SeaORM's pool. Beside dbguard's own it is opened lazily, holds no connection until it is
     /// used, and closes its idle connections after [`OVERFLOW_IDLE_TIMEOUT`]: only code that
     /// asks for [`DbManager::connection`](crate::DbManager::connection) uses it.
     pub db: DatabaseConnection,
-    /// dbguard's PostgreSQL pool (`None` for SQLite).
-    pub owned: Option<OwnedPgPool>,
+    /// dbguard's own pool, where guarded calls run (`None` for an in-memory database).
+    owned: Option<Owned>,
     statement_mode: StatementMode,
 }
 
+/// dbguard's own pool of one backend.
+#[derive(Debug, Clone)]
+enum Owned {
+    Postgres(OwnedPgPool),
+    #[cfg(feature = "sqlite")]
+    Sqlite(OwnedSqlitePool),
+}
+
 impl Pools {
-    /// A handle for one attempt: on PostgreSQL a connection of dbguard's pool, checked out at its
-    /// first statement; on SQLite SeaORM's pool.
+    /// A handle for one attempt: a connection of dbguard's pool, checked out at its first
+    /// statement; on an in-memory SQLite database SeaORM's pool.
+    ///
+    /// An in-memory database lives and dies with its one connection, which dbguard's pool
+    /// would close whenever a statement is cut off mid-way: SeaORM's pool keeps it for the
+    /// process's life.
     pub(crate) fn conn(&self) -> DbConn {
         match &self.owned {
-            Some(owned) => DbConn::owned(owned.clone(), self.statement_mode),
+            Some(Owned::Postgres(owned)) => DbConn::owned(owned.clone(), self.statement_mode),
+            #[cfg(feature = "sqlite")]
+            Some(Owned::Sqlite(owned)) => DbConn::owned_sqlite(owned.clone()),
             None => DbConn::shared(self.db.clone()),
         }
     }
 }
 
-/// Opens the pools on the `server`-th host. A PostgreSQL pool that is not `lazy` opens
-/// `DB_POOL_SIZE` connections first and fails with the first connect error.
+/// Opens the pools on the `server`-th host. dbguard's pool, unless `lazy`, opens `DB_POOL_SIZE`
+/// connections first and fails with the first connect error.
 pub async fn open(config: &DbConfig, server: usize, lazy: bool) -> Result<Pools, DbErr> {
     let statement_mode = config.pool.statement_mode;
-    match config.database_type() {
+    let owned = match config.database_type() {
         DatabaseType::Postgresql => {
             let owned = OwnedPgPool::new(pg_connect_options(config, server)?, session_setup_sql(config), &config.pool);
             if !lazy {
                 owned.warm().await?;
             }
-            let mut options = connect_options_for(config, server, true);
-            options.min_connections(0);
-            let db = Database::connect(options).await?;
-            Ok(Pools { db, owned: Some(owned), statement_mode })
+            Some(Owned::Postgres(owned))
         }
+        DatabaseType::Sqlite if config.url.is_sqlite_memory() => None,
+        #[cfg(not(feature = "sqlite"))]
+        DatabaseType::Sqlite => return Err(DbErr::Custom(SQLITE_NOT_BUILT.into())),
+        #[cfg(feature = "sqlite")]
         DatabaseType::Sqlite => {
-            let db = Database::connect(connect_options_for(config, server, lazy)).await?;
-            Ok(Pools { db, owned: None, statement_mode })
+            let owned = OwnedSqlitePool::new(sqlite_connect_options(config)?, None, &config.pool);
+            if !lazy {
+                owned.warm().await?;
+            }
+            Some(Owned::Sqlite(owned))
         }
-    }
+    };
+    let db = if owned.is_some() {
+        let mut options = connect_options_for(config, server, true);
+        options.min_connections(0);
+        Database::connect(options).await?
+    } else {
+        Database::connect(connect_options_for(config, server, lazy)).await?
+    };
+    Ok(Pools { db, owned, statement_mode })
 }
 
 /// What every new PostgreSQL session runs first: `SET statement_timeout`, so the server cancels
@@ -312,8 +361,11 @@ pub(crate) fn pg_session_options(config: &DbConfig, server: usize) -> Result<PgC
 
 /// The pool's occupancy in SQLAlchemy's terms.
 pub fn status(pools: &Pools, config: &DbConfig) -> PoolStatus {
-    if let Some(owned) = &pools.owned {
-        return owned.status(&config.pool);
+    match &pools.owned {
+        Some(Owned::Postgres(owned)) => return owned.status(&config.pool),
+        #[cfg(feature = "sqlite")]
+        Some(Owned::Sqlite(owned)) => return owned.status(&config.pool),
+        None => {}
     }
     let db = &pools.db;
     let (open, idle) = match config.database_type() {
@@ -335,8 +387,11 @@ pub fn status(pools: &Pools, config: &DbConfig) -> PoolStatus {
 /// Closes the pools, waiting for checked-out connections of SeaORM's pool to come back
 /// (dbguard's own close as they come back).
 pub async fn close(pools: &Pools) {
-    if let Some(owned) = &pools.owned {
-        owned.close();
+    match &pools.owned {
+        Some(Owned::Postgres(owned)) => owned.close(),
+        #[cfg(feature = "sqlite")]
+        Some(Owned::Sqlite(owned)) => owned.close(),
+        None => {}
     }
     if let Err(err) = pools.db.close_by_ref().await {
         tracing::debug!(error = %err, "closing a retired pool");

@@ -22,7 +22,7 @@ use sea_orm::DbErr;
 
 use crate::clock::Clock;
 use crate::conn::DbConn;
-use crate::pg_pool::OwnedPgPool;
+use crate::owned_pool::OwnedPgPool;
 use crate::secrets::Redactor;
 
 /// Role, WAL position and replay age, in one round trip. The position is the primary's current

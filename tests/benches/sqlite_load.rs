@@ -1,17 +1,17 @@
-//! Closed-loop load on a SQLite file: whether dbguard's SQLite path, which stays on SeaORM's
-//! sqlx pool, leaves a gap that a pool of its own would close.
+//! Closed-loop load on a SQLite file: what dbguard's SQLite path costs against the connections
+//! and pools it is built from.
 //!
-//! sqlx's pool pings every connection it takes back (`return_to_pool`); on PostgreSQL that is a
-//! round trip, so dbguard's PostgreSQL path has its own pool. On SQLite the ping is a message
-//! to the connection's worker thread. Four variants on one WAL-mode file, the same pragmas for
-//! all (`synchronous=NORMAL`, `foreign_keys=ON`, a busy timeout):
+//! sqlx's pool pings every connection it takes back (`return_to_pool`); on SQLite the ping is a
+//! message to the connection's worker thread, paid on every call. dbguard's pool (deadpool's
+//! managed pool of sqlx connections, as on PostgreSQL) returns a connection with nothing done.
+//! Four variants on one WAL-mode file, the same pragmas for all (`synchronous=NORMAL`,
+//! `foreign_keys=ON`, a busy timeout):
 //!
 //! - `raw sqlx`: one `SqliteConnection` per task, the ceiling;
-//! - `deadpool + sqlx connections, unguarded`: what a pool of dbguard's own would be (deadpool's
+//! - `deadpool + sqlx connections, unguarded`: the bare pool dbguard's is built on (deadpool's
 //!   managed pool, nothing done on return);
 //! - `SeaORM default`: SeaORM's sqlx pool with its defaults;
-//! - `dbguard full path`: `DbManager::run` on the file, on SeaORM's sqlx pool with dbguard's
-//!   options.
+//! - `dbguard full path`: `DbManager::run` on the file, on dbguard's own pool.
 //!
 //! Rounds and slices as in the PostgreSQL load bench (`load.rs`): within a round the variants
 //! take turns slice by slice, and ratios are taken per round.

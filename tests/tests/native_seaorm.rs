@@ -1,4 +1,5 @@
-//! SeaORM on dbguard's own PostgreSQL pool, in both statement modes: the handle `run` and
+//! SeaORM on dbguard's own pool, on PostgreSQL in both statement modes and on a SQLite file:
+//! the handle `run` and
 //! `transaction` give implements `ConnectionTrait` and `StreamTrait`, so entities (collected or
 //! streamed), ActiveModel inserts, updates and deletes, raw `Statement`s and
 //! `execute_unprepared` work on it, and values of each column
@@ -54,8 +55,8 @@ fn new_gadget(name: &str, count: i64) -> gadget::ActiveModel {
     }
 }
 
-async fn exercise(manager: &DbManager) {
-    let schema = Schema::new(DbBackend::Postgres);
+async fn exercise(manager: &DbManager, backend: DbBackend) {
+    let schema = Schema::new(backend);
     let create = schema.create_table_from_entity(gadget::Entity).if_not_exists().to_owned();
     manager
         .run(Idempotency::Idempotent, |db| {
@@ -124,8 +125,11 @@ async fn exercise(manager: &DbManager) {
         .run(Idempotency::Idempotent, |db| async move {
             let row = db
                 .query_one_raw(Statement::from_sql_and_values(
-                    DbBackend::Postgres,
-                    "SELECT count(*) AS n, max(ratio) AS ratio FROM gadgets WHERE count > $1",
+                    backend,
+                    match backend {
+                        DbBackend::Sqlite => "SELECT count(*) AS n, max(ratio) AS ratio FROM gadgets WHERE count > ?",
+                        _ => "SELECT count(*) AS n, max(ratio) AS ratio FROM gadgets WHERE count > $1",
+                    },
                     [(-10i64).into()],
                 ))
                 .await?
@@ -156,7 +160,7 @@ async fn exercise(manager: &DbManager) {
 async fn seaorm_works_on_dbguards_pool_with_prepared_statements() {
     let Some(db) = TestDb::create_or_skip("seaorm_prepared").await else { return };
     let manager = common::manager(db.url(), &[("DB_STATEMENT_MODE", "prepared")]).await;
-    exercise(&manager).await;
+    exercise(&manager, DbBackend::Postgres).await;
     manager.close().await;
 }
 
@@ -164,7 +168,15 @@ async fn seaorm_works_on_dbguards_pool_with_prepared_statements() {
 async fn seaorm_works_on_dbguards_pool_with_simple_statements() {
     let Some(db) = TestDb::create_or_skip("seaorm_simple").await else { return };
     let manager = common::manager(db.url(), &[("DB_STATEMENT_MODE", "simple")]).await;
-    exercise(&manager).await;
+    exercise(&manager, DbBackend::Postgres).await;
+    manager.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seaorm_works_on_dbguards_pool_on_a_sqlite_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manager = common::manager(&format!("sqlite://{}/seaorm.db", dir.path().display()), &[]).await;
+    exercise(&manager, DbBackend::Sqlite).await;
     manager.close().await;
 }
 

@@ -1,13 +1,144 @@
-//! SQLite: contention is retried and nothing is lost; in-memory databases work; rows stream.
+//! SQLite: contention is retried and nothing is lost; a file runs on dbguard's own pool, whose
+//! status is truthful, whose `BEGIN IMMEDIATE` takes the write lock up front and which closes a
+//! connection left mid-transaction; in-memory databases work; rows stream.
 
 mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::time::Duration;
+
 use dbguard::{DbManager, HealthStatus, Idempotency, TxnOptions};
 use futures::{StreamExt as _, TryStreamExt as _};
 use sea_orm::{ConnectionTrait, DbBackend, Statement, StreamTrait};
+use sqlx::Connection as _;
+
+/// A connection to the file outside dbguard that does not wait on locks: it sees only what
+/// was committed, and a write it tries while another connection holds the lock fails at once.
+async fn outside_connection(path: &std::path::Path) -> sqlx::SqliteConnection {
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path).busy_timeout(Duration::ZERO);
+    sqlx::SqliteConnection::connect_with(&options).await.expect("outside connection")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_runs_on_dbguards_pool_and_its_status_is_truthful() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}/owned.db", dir.path().display());
+    let manager = common::manager(&url, &[("DB_POOL_SIZE", "2"), ("DB_MAX_OVERFLOW", "1")]).await;
+    let idle = manager.pool_status();
+    assert_eq!((idle.checked_in, idle.checked_out, idle.overflow), (2, 0, 0), "{idle:?}");
+    // Only dbguard's pool counts waiting callers; SeaORM's cannot.
+    assert_eq!(idle.waiting, Some(0), "{idle:?}");
+
+    let (busy, answer) = manager
+        .run(Idempotency::Idempotent, |db| {
+            let manager = manager.clone();
+            async move {
+                let row = db.query_one_raw(Statement::from_string(DbBackend::Sqlite, "SELECT 41 + 1 AS n")).await?;
+                // The handle holds its connection from its first statement until it is dropped.
+                Ok((manager.pool_status(), row.expect("one row").try_get::<i32>("", "n")?))
+            }
+        })
+        .await
+        .expect("select");
+    assert_eq!(answer, 42);
+    assert_eq!((busy.checked_in, busy.checked_out), (1, 1), "{busy:?}");
+    let after = manager.pool_status();
+    assert_eq!((after.checked_in, after.checked_out), (2, 0), "returned: {after:?}");
+
+    let report = manager.check_health(true).await;
+    assert_eq!(report.status, HealthStatus::Healthy, "{}", report.message);
+    // Code that needs a plain SeaORM connection (a migrator) still gets one on the same file.
+    let plain = manager.connection();
+    plain.execute_unprepared("CREATE TABLE plain (n INT)").await.expect("plain connection");
+    manager
+        .run(Idempotency::Idempotent, |db| async move { db.execute_unprepared("INSERT INTO plain VALUES (1)").await })
+        .await
+        .expect("the guarded path sees the plain connection's table");
+    manager.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_immediate_transaction_holds_the_write_lock_from_its_begin() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("locks.db");
+    let manager = common::manager(&format!("sqlite://{}", path.display()), &[]).await;
+    manager
+        .run(Idempotency::Idempotent, |db| async move { db.execute_unprepared("CREATE TABLE t (n INT)").await })
+        .await
+        .expect("schema");
+    let mut outside = outside_connection(&path).await;
+    for (options, holds_lock) in [(TxnOptions::default(), false), (TxnOptions::sqlite_immediate(), true)] {
+        let (began, release) = (Arc::new(tokio::sync::Notify::new()), Arc::new(tokio::sync::Notify::new()));
+        let transaction = tokio::spawn({
+            let (manager, began, release) = (manager.clone(), Arc::clone(&began), Arc::clone(&release));
+            async move {
+                manager
+                    .transaction_with(options, move |txn| {
+                        let (began, release) = (Arc::clone(&began), Arc::clone(&release));
+                        Box::pin(async move {
+                            // Reads only: a deferred transaction takes no write lock for them.
+                            txn.query_one_raw(Statement::from_string(DbBackend::Sqlite, "SELECT count(*) FROM t"))
+                                .await?;
+                            began.notify_one();
+                            release.notified().await;
+                            Ok(())
+                        })
+                    })
+                    .await
+            }
+        });
+        began.notified().await;
+        let outside_write = sqlx::raw_sql("BEGIN IMMEDIATE; ROLLBACK").execute(&mut outside).await;
+        if holds_lock {
+            let err = outside_write.expect_err("the immediate transaction holds the write lock");
+            assert!(err.to_string().contains("locked"), "{err}");
+        } else {
+            outside_write.expect("a deferred transaction that only read holds no write lock");
+        }
+        release.notify_one();
+        transaction.await.expect("task").expect("transaction");
+    }
+    outside.close().await.ok();
+    manager.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_cut_off_mid_way_is_rolled_back_and_its_connection_closed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("cut.db");
+    // One connection: the next call would get the cut-off one if it went back to the pool.
+    let manager =
+        common::manager(&format!("sqlite://{}", path.display()), &[("DB_POOL_SIZE", "1"), ("DB_MAX_OVERFLOW", "0")])
+            .await;
+    manager
+        .run(Idempotency::Idempotent, |db| async move { db.execute_unprepared("CREATE TABLE t (n INT)").await })
+        .await
+        .expect("schema");
+    let cut_off = tokio::time::timeout(
+        Duration::from_millis(200),
+        manager.transaction_with(TxnOptions::sqlite_immediate(), |txn| {
+            Box::pin(async move {
+                txn.execute_unprepared("INSERT INTO t VALUES (1)").await?;
+                std::future::pending::<()>().await;
+                Ok(())
+            })
+        }),
+    )
+    .await;
+    assert!(cut_off.is_err(), "the transaction never ends by itself");
+    manager
+        .run(Idempotency::NonIdempotent, |db| async move { db.execute_unprepared("INSERT INTO t VALUES (2)").await })
+        .await
+        .expect("the write lock was released");
+    let mut outside = outside_connection(&path).await;
+    let committed: Vec<i32> =
+        sqlx::query_scalar("SELECT n FROM t ORDER BY n").fetch_all(&mut outside).await.expect("rows");
+    assert_eq!(committed, vec![2], "the cut-off insert was rolled back and the next write committed");
+    outside.close().await.ok();
+    manager.close().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contending_writers_lose_no_row() {

@@ -1,11 +1,13 @@
-//! dbguard's own PostgreSQL pool: deadpool's managed pool of sqlx [`PgConnection`]s.
+//! dbguard's own pool: deadpool's managed pool of sqlx connections, for PostgreSQL
+//! ([`OwnedPgPool`]) and SQLite files ([`OwnedSqlitePool`]).
 //!
-//! sqlx's pool pings every connection as it comes back (a round trip per call that no option
-//! turns off). Here a connection goes back with no I/O at all, and is validated at checkout
-//! only when it sat idle longer than [`VALIDATE_IF_IDLE_FOR`](crate::pool::VALIDATE_IF_IDLE_FOR)
-//! (HikariCP's bypass window). A connection whose state is unknown — a statement was in
-//! flight when its future was dropped, a transaction was left open, the socket broke — is
-//! closed instead of returned ([`PooledPg::discard`]).
+//! sqlx's pool pings every connection as it comes back (on PostgreSQL a round trip per call, on
+//! SQLite a hop to the connection's worker thread; no option turns it off). Here a connection
+//! goes back with nothing done to it, and is validated at checkout only when it sat idle longer
+//! than [`VALIDATE_IF_IDLE_FOR`](crate::pool::VALIDATE_IF_IDLE_FOR) (HikariCP's bypass window).
+//! A connection whose state is unknown — a statement was in flight when its future was dropped,
+//! a transaction was left open, the socket broke — is closed instead of returned
+//! ([`Pooled::discard`]).
 //!
 //! Sizing in SQLAlchemy's terms: `DB_POOL_SIZE` connections are opened up front and kept;
 //! up to `DB_MAX_OVERFLOW` more open under load and are closed once idle for
@@ -21,9 +23,9 @@ use std::time::{Duration, Instant};
 use dbguard_core::PoolConfig;
 use deadpool::managed::{self, Metrics, PoolError, RecycleError, RecycleResult};
 use sea_orm::DbErr;
-use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions as _, Connection as _};
 
+use crate::backend::OwnedBackend;
 use crate::conn::acquire_err;
 use crate::pool::{OVERFLOW_IDLE_TIMEOUT, VALIDATE_IF_IDLE_FOR};
 use crate::stats::HotSeries;
@@ -31,10 +33,12 @@ use crate::stats::HotSeries;
 /// How often the pool closes idle overflow connections and connections past their lifetime.
 const MAINTENANCE_PERIOD: Duration = Duration::from_secs(1);
 
-/// One pooled PostgreSQL connection and what the pool knows about it.
-#[derive(Debug)]
-pub(crate) struct PooledPg {
-    pub(crate) conn: PgConnection,
+/// sqlx's connect options for a backend's connections.
+type ConnectOptionsOf<DB> = <<DB as sqlx::Database>::Connection as sqlx::Connection>::Options;
+
+/// One pooled connection and what the pool knows about it.
+pub(crate) struct Pooled<DB: OwnedBackend> {
+    pub(crate) conn: DB::Connection,
     /// When the connection last went back to the pool (or was opened).
     returned_at: Instant,
     /// When the connection was last handed out by the pool (set by `create` and `recycle`,
@@ -42,7 +46,7 @@ pub(crate) struct PooledPg {
     checked_out_at: Instant,
 }
 
-impl PooledPg {
+impl<DB: OwnedBackend> Pooled<DB> {
     /// Marks the connection as returned `now`: the idle window starts. Returns how long it
     /// was checked out.
     pub(crate) fn mark_returned(&mut self, now: Instant) -> Duration {
@@ -51,16 +55,15 @@ impl PooledPg {
     }
 
     /// Takes a connection in an unknown state out of its pool and closes it (dropping the
-    /// socket: the server rolls back whatever was open).
-    pub(crate) fn discard(object: managed::Object<PgManager>) {
+    /// socket or the SQLite handle: the server, or SQLite, rolls back whatever was open).
+    pub(crate) fn discard(object: PooledObject<DB>) {
         drop(managed::Object::take(object));
     }
 }
 
 /// Opens and validates connections for deadpool.
-#[derive(Debug)]
-pub(crate) struct PgManager {
-    options: PgConnectOptions,
+pub(crate) struct ConnManager<DB: OwnedBackend> {
+    options: ConnectOptionsOf<DB>,
     /// Run on each new connection ([`crate::pool::session_setup_sql`]).
     session_setup: Option<String>,
     /// `DB_POOL_RECYCLE`: connections older than this are closed, not reused.
@@ -71,35 +74,34 @@ pub(crate) struct PgManager {
     epoch: Instant,
 }
 
-impl PgManager {
+impl<DB: OwnedBackend> ConnManager<DB> {
     fn nanos_since_epoch(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Whether `pooled` must be pinged before use `now`.
-    fn needs_validation(&self, pooled: &PooledPg, now: Instant) -> bool {
+    fn needs_validation(&self, pooled: &Pooled<DB>, now: Instant) -> bool {
         now.saturating_duration_since(pooled.returned_at) > VALIDATE_IF_IDLE_FOR
             || self.nanos_since_epoch(pooled.returned_at) < self.suspect_before_nanos.load(Ordering::Relaxed)
     }
 }
 
-impl managed::Manager for PgManager {
-    type Type = PooledPg;
+impl<DB: OwnedBackend> managed::Manager for ConnManager<DB> {
+    type Type = Pooled<DB>;
     type Error = sqlx::Error;
 
-    async fn create(&self) -> Result<PooledPg, sqlx::Error> {
+    async fn create(&self) -> Result<Pooled<DB>, sqlx::Error> {
         // Boxed: a connect's state machine is about 10 KB, and unboxed it would be part of
         // every checkout's future, copied on every call although a connect is rare.
         let mut conn = Box::pin(self.options.connect()).await?;
         if let Some(setup) = &self.session_setup {
-            use sqlx::Executor as _;
-            conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(setup.clone()))).await?;
+            DB::execute(&mut conn, (sqlx::AssertSqlSafe(setup.clone()), None)).await?;
         }
         let now = Instant::now();
-        Ok(PooledPg { conn, returned_at: now, checked_out_at: now })
+        Ok(Pooled { conn, returned_at: now, checked_out_at: now })
     }
 
-    async fn recycle(&self, pooled: &mut PooledPg, metrics: &Metrics) -> RecycleResult<sqlx::Error> {
+    async fn recycle(&self, pooled: &mut Pooled<DB>, metrics: &Metrics) -> RecycleResult<sqlx::Error> {
         // One clock read for both checks: this runs on every checkout.
         let now = Instant::now();
         if now.saturating_duration_since(metrics.created) >= self.max_lifetime {
@@ -107,7 +109,7 @@ impl managed::Manager for PgManager {
         }
         pooled.checked_out_at = now;
         if self.needs_validation(pooled, now) {
-            // No timeout of its own: the checkout's deadline ([`OwnedPgPool::checkout`]) bounds
+            // No timeout of its own: the checkout's deadline ([`OwnedPool::checkout`]) bounds
             // the ping together with everything else a checkout waits for. Boxed: it is rare,
             // and inline it would grow every statement's future.
             Box::pin(pooled.conn.ping()).await.map_err(RecycleError::Backend)?;
@@ -118,18 +120,35 @@ impl managed::Manager for PgManager {
 }
 
 /// A checked-out connection.
-pub(crate) type PgObject = managed::Object<PgManager>;
+pub(crate) type PooledObject<DB> = managed::Object<ConnManager<DB>>;
 
-/// dbguard's PostgreSQL pool on one server. Cloning is cheap and shares the pool.
-#[derive(Clone)]
-pub struct OwnedPgPool {
-    pool: managed::Pool<PgManager>,
+/// dbguard's pool of `DB` connections on one server or file. Cloning is cheap and shares the
+/// pool.
+pub struct OwnedPool<DB: OwnedBackend> {
+    pool: managed::Pool<ConnManager<DB>>,
     shape: Arc<PoolShape>,
 }
 
-impl std::fmt::Debug for OwnedPgPool {
+/// dbguard's PostgreSQL pool on one server.
+pub type OwnedPgPool = OwnedPool<sqlx::Postgres>;
+
+/// dbguard's pool on one SQLite database file.
+#[cfg(feature = "sqlite")]
+pub type OwnedSqlitePool = OwnedPool<sqlx::Sqlite>;
+
+// Written out: derived, both would ask `DB` itself to be `Clone` or `Debug`.
+impl<DB: OwnedBackend> Clone for OwnedPool<DB> {
+    fn clone(&self) -> Self {
+        Self { pool: self.pool.clone(), shape: Arc::clone(&self.shape) }
+    }
+}
+
+impl<DB: OwnedBackend> std::fmt::Debug for OwnedPool<DB> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OwnedPgPool").field("status", &self.pool.status()).finish_non_exhaustive()
+        f.debug_struct("OwnedPool")
+            .field("backend", &<DB as sqlx::Database>::NAME)
+            .field("status", &self.pool.status())
+            .finish_non_exhaustive()
     }
 }
 
@@ -152,12 +171,12 @@ pub struct OwnedPoolCounts {
     pub waiting: u32,
 }
 
-impl OwnedPgPool {
+impl<DB: OwnedBackend> OwnedPool<DB> {
     /// A pool of `config.max_connections()` connections with `options`; nothing is opened
-    /// until [`OwnedPgPool::warm`] or the first checkout. Must be called inside a Tokio runtime
+    /// until [`OwnedPool::warm`] or the first checkout. Must be called inside a Tokio runtime
     /// (the maintenance task is spawned on it).
-    pub(crate) fn new(options: PgConnectOptions, session_setup: Option<String>, config: &PoolConfig) -> Self {
-        let manager = PgManager {
+    pub(crate) fn new(options: ConnectOptionsOf<DB>, session_setup: Option<String>, config: &PoolConfig) -> Self {
+        let manager = ConnManager {
             options,
             session_setup,
             max_lifetime: config.recycle,
@@ -171,10 +190,11 @@ impl OwnedPgPool {
             // The connection returned last goes out first. Handed out in turn, every warm
             // connection stays in use under a light load: none idles long enough for overflow to
             // close, and each call meets a server process that slept since its last turn
-            // (at 4 tasks on a 16-connection pool that halved throughput in the load bench).
+            // (on PostgreSQL at 4 tasks on a 16-connection pool that halved throughput in the load
+            // bench).
             .queue_mode(managed::QueueMode::Lifo)
             // One connect may take at most the acquire timeout; the whole checkout is bounded by
-            // it too ([`OwnedPgPool::checkout`]).
+            // it too ([`OwnedPool::checkout`]).
             .create_timeout(Some(config.timeout))
             .build()
             .expect("a runtime and a positive size are always given");
@@ -211,7 +231,7 @@ impl OwnedPgPool {
     /// would for a busy pool, and the breaker sees one failure per call, not one per connect;
     /// when the time is up the caller gets that connect's own error (`connection_refused`), not a
     /// pool timeout. Other connect failures (authentication, a missing database) come back at once.
-    pub(crate) async fn checkout(&self) -> Result<PgObject, DbErr> {
+    pub(crate) async fn checkout(&self) -> Result<PooledObject<DB>, DbErr> {
         let started = tokio::time::Instant::now();
         let deadline = started + self.shape.acquire_timeout;
         let mut last_connect_error = None;

@@ -1,0 +1,229 @@
+//! How each backend sends statements on dbguard's own connections ([`OwnedBackend`]):
+//! PostgreSQL as named, cached statements or, behind a transaction pooler, over the simple query
+//! protocol with the values written in; SQLite always prepared.
+
+use dbguard_core::StatementMode;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use sea_orm::sea_query::{PostgresQueryBuilder, Values, inject_parameters};
+use sea_orm::{DbBackend, DbErr, ExecResult, QueryResult, Statement};
+use sea_query_sqlx::SqlxValues;
+use sqlx::{Executor as _, IntoArguments, Postgres};
+
+use crate::transaction::TxnOptions;
+
+/// What dbguard's pool and [`DbConn`](crate::DbConn) need from a sqlx driver: statements sent as the backend
+/// sends them, rows read back, and transactions begun. Implemented for PostgreSQL and SQLite.
+///
+/// Each method hands back sqlx's own future or stream unchanged: the statement path boxes
+/// nothing more than the bare connection does.
+pub trait OwnedBackend: sqlx::Database {
+    /// SeaORM's name for the backend.
+    const BACKEND: DbBackend;
+
+    /// Runs `stmt`, discarding rows.
+    fn execute<'c>(
+        conn: &'c mut Self::Connection,
+        stmt: Sendable<Self>,
+    ) -> BoxFuture<'c, Result<Self::QueryResult, sqlx::Error>>;
+
+    /// Runs `stmt` and reads every row.
+    fn fetch_all<'c>(
+        conn: &'c mut Self::Connection,
+        stmt: Sendable<Self>,
+    ) -> BoxFuture<'c, Result<Vec<Self::Row>, sqlx::Error>>;
+
+    /// Runs `stmt` and reads at most one row.
+    fn fetch_optional<'c>(
+        conn: &'c mut Self::Connection,
+        stmt: Sendable<Self>,
+    ) -> BoxFuture<'c, Result<Option<Self::Row>, sqlx::Error>>;
+
+    /// Runs `stmt`, yielding rows as they arrive.
+    fn fetch<'c>(conn: &'c mut Self::Connection, stmt: Sendable<Self>)
+    -> BoxStream<'c, Result<Self::Row, sqlx::Error>>;
+
+    /// A row as SeaORM reads it.
+    fn query_result(row: Self::Row) -> QueryResult;
+
+    /// A statement's outcome as SeaORM reports it.
+    fn exec_result(done: Self::QueryResult) -> ExecResult;
+
+    /// `stmt` as this backend sends it under `mode`.
+    fn sendable(stmt: Statement, mode: StatementMode) -> Result<Sendable<Self>, DbErr>;
+
+    /// The statement that begins a transaction with `options`.
+    fn begin_sql(options: &TxnOptions) -> String;
+}
+
+/// The methods of [`OwnedBackend`] that differ between backends only in their types: each hands
+/// back sqlx's own future, stream or SeaORM conversion unchanged.
+macro_rules! forward_to_sqlx {
+    () => {
+        fn execute<'c>(
+            conn: &'c mut Self::Connection,
+            stmt: Sendable<Self>,
+        ) -> BoxFuture<'c, Result<Self::QueryResult, sqlx::Error>> {
+            conn.execute(stmt)
+        }
+
+        fn fetch_all<'c>(
+            conn: &'c mut Self::Connection,
+            stmt: Sendable<Self>,
+        ) -> BoxFuture<'c, Result<Vec<Self::Row>, sqlx::Error>> {
+            conn.fetch_all(stmt)
+        }
+
+        fn fetch_optional<'c>(
+            conn: &'c mut Self::Connection,
+            stmt: Sendable<Self>,
+        ) -> BoxFuture<'c, Result<Option<Self::Row>, sqlx::Error>> {
+            conn.fetch_optional(stmt)
+        }
+
+        fn fetch<'c>(
+            conn: &'c mut Self::Connection,
+            stmt: Sendable<Self>,
+        ) -> BoxStream<'c, Result<Self::Row, sqlx::Error>> {
+            conn.fetch(stmt)
+        }
+
+        fn query_result(row: Self::Row) -> QueryResult {
+            QueryResult::from(row)
+        }
+
+        fn exec_result(done: Self::QueryResult) -> ExecResult {
+            ExecResult::from(done)
+        }
+    };
+}
+
+impl OwnedBackend for Postgres {
+    const BACKEND: DbBackend = DbBackend::Postgres;
+
+    forward_to_sqlx!();
+
+    /// A named, cached statement with bound values, or (`simple`, and statements without
+    /// arguments) the simple protocol with the values written in.
+    fn sendable(stmt: Statement, mode: StatementMode) -> Result<Sendable<Self>, DbErr> {
+        Ok(match mode {
+            StatementMode::Prepared => {
+                let values = stmt.values.unwrap_or(Values(Vec::new()));
+                (
+                    sqlx::AssertSqlSafe(stmt.sql),
+                    Some(<SqlxValues as IntoArguments<Postgres>>::into_arguments(SqlxValues(values))),
+                )
+            }
+            StatementMode::Simple => (sqlx::AssertSqlSafe(inline(stmt)?), None),
+        })
+    }
+
+    /// `BEGIN` with the options' isolation level and access mode.
+    fn begin_sql(options: &TxnOptions) -> String {
+        let mut sql = String::from("BEGIN");
+        if let Some(isolation) = options.isolation {
+            sql.push_str(&format!(" ISOLATION LEVEL {isolation}"));
+        }
+        if let Some(access) = options.access_mode {
+            sql.push_str(&format!(" {access}"));
+        }
+        sql
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl OwnedBackend for sqlx::Sqlite {
+    const BACKEND: DbBackend = DbBackend::Sqlite;
+
+    forward_to_sqlx!();
+
+    /// Always prepared and cached per connection (SQLite parses nothing twice); the statement
+    /// mode is a PostgreSQL setting.
+    fn sendable(stmt: Statement, _mode: StatementMode) -> Result<Sendable<Self>, DbErr> {
+        let values = stmt.values.unwrap_or(Values(Vec::new()));
+        Ok((
+            sqlx::AssertSqlSafe(stmt.sql),
+            Some(<SqlxValues as IntoArguments<sqlx::Sqlite>>::into_arguments(SqlxValues(values))),
+        ))
+    }
+
+    /// `BEGIN`, `BEGIN IMMEDIATE` or `BEGIN EXCLUSIVE`. SQLite has no isolation levels or
+    /// access modes to set per transaction: asked for, they are logged and left out, as SeaORM
+    /// does.
+    fn begin_sql(options: &TxnOptions) -> String {
+        if options.isolation.is_some() || options.access_mode.is_some() {
+            tracing::warn!("SQLite transactions take no isolation level or access mode; beginning without");
+        }
+        match options.sqlite_mode {
+            Some(mode) => format!("BEGIN {}", mode.sqlite_keyword()),
+            None => String::from("BEGIN"),
+        }
+    }
+}
+
+/// A statement ready for sqlx: with arguments it is prepared (named and cached per
+/// connection); without, PostgreSQL sends it over the simple query protocol.
+pub type Sendable<DB> = (sqlx::AssertSqlSafe<String>, Option<<DB as sqlx::Database>::Arguments>);
+
+/// The statement with its parameters written in as literals, escaped by sea-query's
+/// PostgreSQL builder (strings as `E'…'` with every quote and backslash escaped), for the simple
+/// query protocol. A `$n` beyond the parameters given is refused here rather than sent.
+fn inline(stmt: Statement) -> Result<String, DbErr> {
+    let Some(values) = stmt.values.filter(|values| !values.0.is_empty()) else { return Ok(stmt.sql) };
+    if let Some(index) = placeholder_beyond(&stmt.sql, values.0.len()) {
+        return Err(DbErr::Custom(format!(
+            "the statement refers to parameter ${index} but only {} were given",
+            values.0.len()
+        )));
+    }
+    Ok(inject_parameters(&stmt.sql, &values.0, &PostgresQueryBuilder))
+}
+
+/// The first `$n` in `sql` with `n` zero or above `given`, if any (conservatively also inside
+/// literals, where nothing would be substituted).
+fn placeholder_beyond(sql: &str, given: usize) -> Option<usize> {
+    let bytes = sql.as_bytes();
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'$' {
+            let digits = bytes[index + 1..].iter().take_while(|byte| byte.is_ascii_digit()).count();
+            if digits > 0 {
+                let number = sql[index + 1..index + 1 + digits].parse::<usize>().unwrap_or(usize::MAX);
+                if number == 0 || number > given {
+                    return Some(number);
+                }
+            }
+            index += 1 + digits;
+        } else {
+            index += 1;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_past_the_parameters_are_found() {
+        assert_eq!(placeholder_beyond("SELECT $1, $2", 2), None);
+        assert_eq!(placeholder_beyond("SELECT $1, $3", 2), Some(3));
+        assert_eq!(placeholder_beyond("SELECT $0", 1), Some(0));
+        assert_eq!(placeholder_beyond("SELECT $99999999999999999999999", 1), Some(usize::MAX));
+        assert_eq!(placeholder_beyond("SELECT '$' || $1", 1), None);
+    }
+
+    #[test]
+    fn inlined_strings_cannot_close_their_literal() {
+        let stmt = Statement::from_sql_and_values(DbBackend::Postgres, "SELECT $1", ["x'; DROP TABLE t; --\\".into()]);
+        let sql = inline(stmt).expect("inlined");
+        assert_eq!(sql, r"SELECT E'x\'; DROP TABLE t; --\\'");
+    }
+
+    #[test]
+    fn a_statement_without_parameters_is_sent_as_written() {
+        let stmt = Statement::from_string(DbBackend::Postgres, "SELECT $1");
+        assert_eq!(inline(stmt).expect("unchanged"), "SELECT $1");
+    }
+}

@@ -189,12 +189,23 @@ async fn wasi_check_agrees_with_the_native_check() {
     manager.close().await;
     assert_schema("health-report", &native_report);
 
-    for field in ["status", "database_type", "version"] {
+    for field in ["status", "database_type"] {
         assert_eq!(
             wasi_report[field], native_report[field],
             "{field}\nwasi: {wasi_report:#}\nnative: {native_report:#}"
         );
     }
+    // The same SQLite release line, not the same patch: the WASI host links the SQLite that
+    // sea-orm-sync's rusqlite bundles (3.51.1), the native host a later patch (3.51.3) that fixes
+    // a unix-VFS deadlock the WASI build cannot reach (it has one thread and no shared memory).
+    let release_line = |report: &serde_json::Value| {
+        report["version"].as_str().map(|version| version.split('.').take(2).collect::<Vec<_>>().join("."))
+    };
+    assert_eq!(
+        release_line(&wasi_report),
+        release_line(&native_report),
+        "wasi: {wasi_report:#}\nnative: {native_report:#}"
+    );
     assert_eq!(wasi_report["status"], "healthy");
     assert!(wasi_report["version"].as_str().is_some_and(|v| v.starts_with("3.")), "{wasi_report:#}");
     assert_eq!(checks(&wasi_report), checks(&native_report), "wasi: {wasi_report:#}\nnative: {native_report:#}");

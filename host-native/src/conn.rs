@@ -40,7 +40,7 @@ pub struct DbConn {
 impl std::fmt::Debug for DbConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match &self.kind {
-            Kind::Owned(_) => "postgres",
+            Kind::OwnedPostgres(_) => "postgres",
             #[cfg(feature = "sqlite")]
             Kind::OwnedSqlite(_) => "sqlite",
             Kind::Shared(_) => "sea-orm pool",
@@ -52,7 +52,7 @@ impl std::fmt::Debug for DbConn {
 
 enum Kind {
     /// A connection of dbguard's PostgreSQL pool.
-    Owned(Owned<Postgres>),
+    OwnedPostgres(Owned<Postgres>),
     /// A connection of dbguard's pool on a SQLite file.
     #[cfg(feature = "sqlite")]
     OwnedSqlite(Owned<sqlx::Sqlite>),
@@ -104,8 +104,8 @@ impl<DB: OwnedBackend> Drop for Owned<DB> {
 }
 
 impl DbConn {
-    pub(crate) fn owned(pool: OwnedPgPool, mode: StatementMode) -> Self {
-        Self { kind: Kind::Owned(Owned::new(pool, mode)) }
+    pub(crate) fn owned_postgres(pool: OwnedPgPool, mode: StatementMode) -> Self {
+        Self { kind: Kind::OwnedPostgres(Owned::new(pool, mode)) }
     }
 
     #[cfg(feature = "sqlite")]
@@ -120,7 +120,7 @@ impl DbConn {
     /// Begins a transaction on this connection (checking one out first).
     pub(crate) async fn begin(self, options: &TxnOptions) -> Result<Self, DbErr> {
         match self.kind {
-            Kind::Owned(owned) => Ok(Self { kind: Kind::Owned(owned.begin(options).await?) }),
+            Kind::OwnedPostgres(owned) => Ok(Self { kind: Kind::OwnedPostgres(owned.begin(options).await?) }),
             #[cfg(feature = "sqlite")]
             Kind::OwnedSqlite(owned) => Ok(Self { kind: Kind::OwnedSqlite(owned.begin(options).await?) }),
             Kind::Shared(db) => {
@@ -134,7 +134,7 @@ impl DbConn {
     /// Commits the transaction [`DbConn::begin`] opened.
     pub(crate) async fn commit(self) -> Result<(), DbErr> {
         match self.kind {
-            Kind::Owned(owned) => owned.end_transaction("COMMIT").await,
+            Kind::OwnedPostgres(owned) => owned.end_transaction("COMMIT").await,
             #[cfg(feature = "sqlite")]
             Kind::OwnedSqlite(owned) => owned.end_transaction("COMMIT").await,
             Kind::SharedTransaction(txn) => txn.commit().await,
@@ -145,7 +145,7 @@ impl DbConn {
     /// Rolls back the transaction [`DbConn::begin`] opened.
     pub(crate) async fn rollback(self) -> Result<(), DbErr> {
         match self.kind {
-            Kind::Owned(owned) => owned.end_transaction("ROLLBACK").await,
+            Kind::OwnedPostgres(owned) => owned.end_transaction("ROLLBACK").await,
             #[cfg(feature = "sqlite")]
             Kind::OwnedSqlite(owned) => owned.end_transaction("ROLLBACK").await,
             Kind::SharedTransaction(txn) => txn.rollback().await,
@@ -282,7 +282,7 @@ pub(crate) fn acquire_err(err: sqlx::Error) -> DbErr {
 impl ConnectionTrait for DbConn {
     fn get_database_backend(&self) -> DbBackend {
         match &self.kind {
-            Kind::Owned(_) => DbBackend::Postgres,
+            Kind::OwnedPostgres(_) => DbBackend::Postgres,
             #[cfg(feature = "sqlite")]
             Kind::OwnedSqlite(_) => DbBackend::Sqlite,
             Kind::Shared(db) => ConnectionTrait::get_database_backend(db),
@@ -292,7 +292,7 @@ impl ConnectionTrait for DbConn {
 
     async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
         match &self.kind {
-            Kind::Owned(owned) => owned.execute(stmt).await,
+            Kind::OwnedPostgres(owned) => owned.execute(stmt).await,
             #[cfg(feature = "sqlite")]
             Kind::OwnedSqlite(owned) => owned.execute(stmt).await,
             Kind::Shared(db) => db.execute_raw(stmt).await,
@@ -302,7 +302,7 @@ impl ConnectionTrait for DbConn {
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
         match &self.kind {
-            Kind::Owned(owned) => owned.execute_unprepared(sql).await,
+            Kind::OwnedPostgres(owned) => owned.execute_unprepared(sql).await,
             #[cfg(feature = "sqlite")]
             Kind::OwnedSqlite(owned) => owned.execute_unprepared(sql).await,
             Kind::Shared(db) => db.execute_unprepared(sql).await,
@@ -312,7 +312,7 @@ impl ConnectionTrait for DbConn {
 
     async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
         match &self.kind {
-            Kind::Owned(owned) => owned.query_one(stmt).await,
+            Kind::OwnedPostgres(owned) => owned.query_one(stmt).await,
             #[cfg(feature = "sqlite")]
             Kind::OwnedSqlite(owned) => owned.query_one(stmt).await,
             Kind::Shared(db) => db.query_one_raw(stmt).await,
@@ -322,7 +322,7 @@ impl ConnectionTrait for DbConn {
 
     async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
         match &self.kind {
-            Kind::Owned(owned) => owned.query_all(stmt).await,
+            Kind::OwnedPostgres(owned) => owned.query_all(stmt).await,
             #[cfg(feature = "sqlite")]
             Kind::OwnedSqlite(owned) => owned.query_all(stmt).await,
             Kind::Shared(db) => db.query_all_raw(stmt).await,
@@ -344,7 +344,7 @@ impl StreamTrait for DbConn {
     ) -> Pin<Box<dyn Future<Output = Result<Self::Stream<'a>, DbErr>> + 'a + Send>> {
         Box::pin(async move {
             match &self.kind {
-                Kind::Owned(owned) => owned.stream(stmt).await,
+                Kind::OwnedPostgres(owned) => owned.stream(stmt).await,
                 #[cfg(feature = "sqlite")]
                 Kind::OwnedSqlite(owned) => owned.stream(stmt).await,
                 Kind::Shared(db) => Ok(db.stream_raw(stmt).await?.boxed()),
@@ -366,7 +366,7 @@ mod tests {
         let url = "postgres://postgres@127.0.0.1:1/never_connected";
         let config = dbguard_core::DbConfig::from_vars([("DATABASE_URL", url)]).expect("valid");
         let options: sqlx::postgres::PgConnectOptions = url.parse().expect("valid");
-        let db = DbConn::owned(OwnedPgPool::new(options, None, &config.pool), StatementMode::Prepared);
+        let db = DbConn::owned_postgres(OwnedPgPool::new(options, None, &config.pool), StatementMode::Prepared);
         let future = db.query_one_raw(Statement::from_string(DbBackend::Postgres, "SELECT 1"));
         let size = std::mem::size_of_val(&*future);
         assert!(size <= 4096, "a statement's future takes {size} bytes");

@@ -11,7 +11,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use dbguard_core::{DatabaseType, DbConfig, ErrorClass, PoolStatus, SslMode, StatementMode, TargetSessionAttrs};
+use dbguard_core::{
+    DatabaseType, DbConfig, ErrorClass, PoolConfig, PoolStatus, SslMode, StatementMode, TargetSessionAttrs,
+};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 #[cfg(feature = "sqlite")]
@@ -269,6 +271,24 @@ enum Owned {
     Sqlite(OwnedSqlitePool),
 }
 
+impl Owned {
+    fn status(&self, config: &PoolConfig) -> PoolStatus {
+        match self {
+            Self::Postgres(pool) => pool.status(config),
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(pool) => pool.status(config),
+        }
+    }
+
+    fn close(&self) {
+        match self {
+            Self::Postgres(pool) => pool.close(),
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(pool) => pool.close(),
+        }
+    }
+}
+
 impl Pools {
     /// A handle for one attempt: a connection of dbguard's pool, checked out at its first
     /// statement; on an in-memory SQLite database SeaORM's pool.
@@ -278,7 +298,7 @@ impl Pools {
     /// process's life.
     pub(crate) fn conn(&self) -> DbConn {
         match &self.owned {
-            Some(Owned::Postgres(owned)) => DbConn::owned(owned.clone(), self.statement_mode),
+            Some(Owned::Postgres(owned)) => DbConn::owned_postgres(owned.clone(), self.statement_mode),
             #[cfg(feature = "sqlite")]
             Some(Owned::Sqlite(owned)) => DbConn::owned_sqlite(owned.clone()),
             None => DbConn::shared(self.db.clone()),
@@ -292,22 +312,17 @@ pub async fn open(config: &DbConfig, server: usize, lazy: bool) -> Result<Pools,
     let statement_mode = config.pool.statement_mode;
     let owned = match config.database_type() {
         DatabaseType::Postgresql => {
-            let owned = OwnedPgPool::new(pg_connect_options(config, server)?, session_setup_sql(config), &config.pool);
-            if !lazy {
-                owned.warm().await?;
-            }
-            Some(Owned::Postgres(owned))
+            let pool = OwnedPgPool::new(pg_connect_options(config, server)?, session_setup_sql(config), &config.pool);
+            Some(Owned::Postgres(warmed(pool, lazy).await?))
         }
-        DatabaseType::Sqlite if config.url.is_sqlite_memory() => None,
         #[cfg(not(feature = "sqlite"))]
         DatabaseType::Sqlite => return Err(DbErr::Custom(SQLITE_NOT_BUILT.into())),
         #[cfg(feature = "sqlite")]
+        DatabaseType::Sqlite if config.url.is_sqlite_memory() => None,
+        #[cfg(feature = "sqlite")]
         DatabaseType::Sqlite => {
-            let owned = OwnedSqlitePool::new(sqlite_connect_options(config)?, None, &config.pool);
-            if !lazy {
-                owned.warm().await?;
-            }
-            Some(Owned::Sqlite(owned))
+            let pool = OwnedSqlitePool::new(sqlite_connect_options(config)?, None, &config.pool);
+            Some(Owned::Sqlite(warmed(pool, lazy).await?))
         }
     };
     let db = if owned.is_some() {
@@ -318,6 +333,14 @@ pub async fn open(config: &DbConfig, server: usize, lazy: bool) -> Result<Pools,
         Database::connect(connect_options_for(config, server, lazy)).await?
     };
     Ok(Pools { db, owned, statement_mode })
+}
+
+/// `pool` with its `DB_POOL_SIZE` connections opened, unless `lazy`.
+async fn warmed<DB: OwnedBackend>(pool: OwnedPool<DB>, lazy: bool) -> Result<OwnedPool<DB>, DbErr> {
+    if !lazy {
+        pool.warm().await?;
+    }
+    Ok(pool)
 }
 
 /// What every new PostgreSQL session runs first: `SET statement_timeout`, so the server cancels
@@ -362,24 +385,23 @@ pub(crate) fn pg_session_options(config: &DbConfig, server: usize) -> Result<PgC
 /// The pool's occupancy in SQLAlchemy's terms.
 pub fn status(pools: &Pools, config: &DbConfig) -> PoolStatus {
     match &pools.owned {
-        Some(Owned::Postgres(owned)) => return owned.status(&config.pool),
-        #[cfg(feature = "sqlite")]
-        Some(Owned::Sqlite(owned)) => return owned.status(&config.pool),
-        None => {}
+        Some(owned) => owned.status(&config.pool),
+        None => memory_pool_status(&pools.db, config),
     }
-    let db = &pools.db;
-    let (open, idle) = match config.database_type() {
-        DatabaseType::Postgresql => {
-            let pool = db.get_postgres_connection_pool();
-            (pool.size(), u32::try_from(pool.num_idle()).unwrap_or(u32::MAX))
-        }
-        #[cfg(not(feature = "sqlite"))]
-        DatabaseType::Sqlite => (0, 0),
-        #[cfg(feature = "sqlite")]
-        DatabaseType::Sqlite => {
-            let pool = db.get_sqlite_connection_pool();
-            (pool.size(), u32::try_from(pool.num_idle()).unwrap_or(u32::MAX))
-        }
+}
+
+/// SeaORM's pool of one connection that holds an in-memory SQLite database.
+fn memory_pool_status(db: &DatabaseConnection, config: &DbConfig) -> PoolStatus {
+    #[cfg(feature = "sqlite")]
+    let (open, idle) = {
+        let pool = db.get_sqlite_connection_pool();
+        (pool.size(), u32::try_from(pool.num_idle()).unwrap_or(u32::MAX))
+    };
+    // Without SQLite built in, `open` refuses an in-memory database: no pool ever gets here.
+    #[cfg(not(feature = "sqlite"))]
+    let (open, idle) = {
+        let _ = db;
+        (0, 0)
     };
     PoolStatus::from_counts(config.pool.size, config.pool.max_overflow, open, idle)
 }
@@ -387,11 +409,8 @@ pub fn status(pools: &Pools, config: &DbConfig) -> PoolStatus {
 /// Closes the pools, waiting for checked-out connections of SeaORM's pool to come back
 /// (dbguard's own close as they come back).
 pub async fn close(pools: &Pools) {
-    match &pools.owned {
-        Some(Owned::Postgres(owned)) => owned.close(),
-        #[cfg(feature = "sqlite")]
-        Some(Owned::Sqlite(owned)) => owned.close(),
-        None => {}
+    if let Some(owned) = &pools.owned {
+        owned.close();
     }
     if let Err(err) = pools.db.close_by_ref().await {
         tracing::debug!(error = %err, "closing a retired pool");

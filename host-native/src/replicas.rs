@@ -85,7 +85,7 @@ impl Server {
 
     /// A handle for one read on this server's pool.
     pub(crate) fn conn(&self, config: &DbConfig) -> DbConn {
-        DbConn::owned(self.pool.clone(), config.pool.statement_mode)
+        DbConn::owned_postgres(self.pool.clone(), config.pool.statement_mode)
     }
 
     /// A read on this server could not reach it: no more reads until the sampler sees it answer.

@@ -147,12 +147,17 @@ impl OwnedBackend for sqlx::Sqlite {
         ))
     }
 
-    /// `BEGIN`, `BEGIN IMMEDIATE` or `BEGIN EXCLUSIVE`. SQLite has no isolation levels or
-    /// access modes to set per transaction: asked for, they are logged and left out, as SeaORM
-    /// does.
+    /// `BEGIN`, `BEGIN IMMEDIATE` or `BEGIN EXCLUSIVE`.
+    ///
+    /// SQLite's transactions are always serializable, so any isolation level asked for is met as
+    /// it is. A read-only access mode has no per-transaction equivalent: it is left out, and said
+    /// once per process rather than on every transaction.
     fn begin_sql(options: &TxnOptions) -> String {
-        if options.isolation.is_some() || options.access_mode.is_some() {
-            tracing::warn!("SQLite transactions take no isolation level or access mode; beginning without");
+        if options.access_mode == Some(sea_orm::AccessMode::ReadOnly) {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::warn!("SQLite has no read-only transactions: read-only transactions begin as read-write")
+            });
         }
         match options.sqlite_mode {
             Some(mode) => format!("BEGIN {}", mode.sqlite_keyword()),

@@ -5,9 +5,12 @@ use sea_orm::{AccessMode, IsolationLevel, SqliteTransactionMode, TransactionOpti
 /// How a guarded transaction begins.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TxnOptions {
-    /// Isolation level (PostgreSQL); the server default when `None`.
+    /// Isolation level (PostgreSQL); the server default when `None`. SQLite's transactions are
+    /// always serializable, which meets every level.
     pub isolation: Option<IsolationLevel>,
-    /// Read-only or read-write; the server default when `None`.
+    /// Read-only or read-write (PostgreSQL); the server default when `None`. SQLite has no
+    /// read-only transactions: there a read-only transaction begins as read-write, and a warning
+    /// says so once per process.
     pub access_mode: Option<AccessMode>,
     /// SQLite: `IMMEDIATE` takes the write lock up front, so a writer waits (busy_timeout)
     /// instead of failing with `SQLITE_BUSY_SNAPSHOT` half-way.

@@ -2,6 +2,8 @@
 //! PostgreSQL as named, cached statements or, behind a transaction pooler, over the simple query
 //! protocol with the values written in; SQLite always prepared.
 
+use std::time::Duration;
+
 use dbguard_core::StatementMode;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
@@ -54,6 +56,24 @@ pub trait OwnedBackend: sqlx::Database {
 
     /// The statement that begins a transaction with `options`.
     fn begin_sql(options: &TxnOptions) -> String;
+
+    /// What a connection carries to stop a statement that runs past `DB_STATEMENT_TIMEOUT`:
+    /// nothing on PostgreSQL, where the server's `statement_timeout` does it.
+    type StatementTimer: Send + Sync + 'static;
+
+    /// Readies a newly opened connection to time its statements, each for at most `timeout`.
+    fn time_statements(
+        conn: &mut Self::Connection,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Self::StatementTimer, sqlx::Error>>;
+
+    /// Starts the clock of the statement about to be sent on the connection that owns `timer`.
+    fn statement_starts(timer: &Self::StatementTimer);
+
+    /// Whether the backend itself ends a statement that runs too long, so that nothing outside
+    /// it needs to. PostgreSQL's server does, but only while it can still answer: a network
+    /// partition leaves nothing to answer, so the runner bounds PostgreSQL attempts itself.
+    const ENDS_LONG_STATEMENTS_ITSELF: bool;
 }
 
 /// The methods of [`OwnedBackend`] that differ between backends only in their types: each hands
@@ -118,6 +138,18 @@ impl OwnedBackend for Postgres {
         })
     }
 
+    type StatementTimer = ();
+
+    const ENDS_LONG_STATEMENTS_ITSELF: bool = false;
+
+    /// The server times statements: `statement_timeout` is set by the session setup
+    /// ([`crate::pool::session_setup_sql`]).
+    fn time_statements(_conn: &mut Self::Connection, _timeout: Duration) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn statement_starts(_timer: &()) {}
+
     /// `BEGIN` with the options' isolation level and access mode.
     fn begin_sql(options: &TxnOptions) -> String {
         let mut sql = String::from("BEGIN");
@@ -147,6 +179,31 @@ impl OwnedBackend for sqlx::Sqlite {
         ))
     }
 
+    type StatementTimer = SqliteStatementTimer;
+
+    const ENDS_LONG_STATEMENTS_ITSELF: bool = true;
+
+    /// Installs a progress handler that interrupts a statement once its time is up: SQLite
+    /// stops it (`SQLITE_INTERRUPT`, classified `query_canceled`), rolls back what it had done,
+    /// and the connection stays usable, as PostgreSQL's `statement_timeout` does.
+    fn time_statements(
+        conn: &mut Self::Connection,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<SqliteStatementTimer, sqlx::Error>> {
+        Box::pin(async move {
+            let timer = SqliteStatementTimer::new(timeout);
+            let handler_timer = timer.clone();
+            conn.lock_handle()
+                .await?
+                .set_progress_handler(SqliteStatementTimer::OPS_PER_CHECK, move || handler_timer.may_go_on());
+            Ok(timer)
+        })
+    }
+
+    fn statement_starts(timer: &SqliteStatementTimer) {
+        timer.start();
+    }
+
     /// `BEGIN`, `BEGIN IMMEDIATE` or `BEGIN EXCLUSIVE`.
     ///
     /// SQLite's transactions are always serializable, so any isolation level asked for is met as
@@ -163,6 +220,51 @@ impl OwnedBackend for sqlx::Sqlite {
             Some(mode) => format!("BEGIN {}", mode.sqlite_keyword()),
             None => String::from("BEGIN"),
         }
+    }
+}
+
+/// The clock of one SQLite connection's current statement, shared with the progress handler
+/// that SQLite calls on the connection's worker thread while a statement runs.
+///
+/// Starting a statement is one clock read and one atomic store; no timer is registered with the
+/// async runtime. (A runtime timer per statement, armed around each attempt, cost a SQLite call
+/// on dbguard's pool more than half of its speed against the bare pool at 4 tasks.)
+#[cfg(feature = "sqlite")]
+#[derive(Debug, Clone)]
+pub struct SqliteStatementTimer {
+    /// When the current statement's time is up, in nanoseconds after `epoch`.
+    deadline_nanos: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    epoch: std::time::Instant,
+    timeout: Duration,
+}
+
+#[cfg(feature = "sqlite")]
+impl SqliteStatementTimer {
+    /// Virtual-machine steps between two looks at the clock: a clock read every few
+    /// microseconds of work costs a long statement well under 1 %, and a statement that
+    /// finishes within that many steps never looks at all.
+    const OPS_PER_CHECK: i32 = 1000;
+
+    fn new(timeout: Duration) -> Self {
+        Self {
+            deadline_nanos: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX)),
+            epoch: std::time::Instant::now(),
+            timeout,
+        }
+    }
+
+    fn nanos_now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn start(&self) {
+        let deadline = self.nanos_now().saturating_add(u64::try_from(self.timeout.as_nanos()).unwrap_or(u64::MAX));
+        self.deadline_nanos.store(deadline, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the running statement is still within its time.
+    fn may_go_on(&self) -> bool {
+        self.nanos_now() < self.deadline_nanos.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -85,9 +85,10 @@ impl<DB: OwnedBackend> Slot<DB> {
         Self { object: None, in_flight: false, in_transaction: false, broken: false }
     }
 
-    /// The checked-out connection ([`Owned::checked_out`] put one here).
-    fn conn(&mut self) -> &mut DB::Connection {
-        &mut self.object.as_mut().expect("a connection is checked out before use").conn
+    /// The checked-out connection ([`Owned::checked_out`] put one here), its statement clock
+    /// started: use it for one statement.
+    fn for_statement(&mut self) -> &mut DB::Connection {
+        self.object.as_mut().expect("a connection is checked out before use").for_statement()
     }
 }
 
@@ -175,7 +176,7 @@ impl<DB: OwnedBackend> Owned<DB> {
     ) -> Result<R, DbErr> {
         let mut slot = self.checked_out().await?;
         slot.in_flight = true;
-        let result = work(slot.conn()).await;
+        let result = work(slot.for_statement()).await;
         slot.in_flight = false;
         result.map_err(|err| map_err(self.note_failure(&mut slot, err)))
     }
@@ -212,7 +213,7 @@ impl<DB: OwnedBackend> Owned<DB> {
         Ok(Box::pin(async_stream::stream! {
             let mut failure = None;
             {
-                let mut rows = DB::fetch(slot.conn(), sendable);
+                let mut rows = DB::fetch(slot.for_statement(), sendable);
                 while let Some(row) = rows.next().await {
                     match row {
                         Ok(row) => yield Ok(DB::query_result(row)),

@@ -38,7 +38,10 @@ type ConnectOptionsOf<DB> = <<DB as sqlx::Database>::Connection as sqlx::Connect
 
 /// One pooled connection and what the pool knows about it.
 pub(crate) struct Pooled<DB: OwnedBackend> {
-    pub(crate) conn: DB::Connection,
+    conn: DB::Connection,
+    /// Stops the connection's statements at `DB_STATEMENT_TIMEOUT` where the backend needs
+    /// dbguard to (SQLite).
+    statement_timer: DB::StatementTimer,
     /// When the connection last went back to the pool (or was opened).
     returned_at: Instant,
     /// When the connection was last handed out by the pool (set by `create` and `recycle`,
@@ -47,6 +50,12 @@ pub(crate) struct Pooled<DB: OwnedBackend> {
 }
 
 impl<DB: OwnedBackend> Pooled<DB> {
+    /// The connection, its statement clock started: use it for one statement.
+    pub(crate) fn for_statement(&mut self) -> &mut DB::Connection {
+        DB::statement_starts(&self.statement_timer);
+        &mut self.conn
+    }
+
     /// Marks the connection as returned `now`: the idle window starts. Returns how long it
     /// was checked out.
     pub(crate) fn mark_returned(&mut self, now: Instant) -> Duration {
@@ -68,6 +77,8 @@ pub(crate) struct ConnManager<DB: OwnedBackend> {
     session_setup: Option<String>,
     /// `DB_POOL_RECYCLE`: connections older than this are closed, not reused.
     max_lifetime: Duration,
+    /// `DB_STATEMENT_TIMEOUT`, for backends that dbguard times ([`OwnedBackend::time_statements`]).
+    statement_timeout: Duration,
     /// Connections returned before this moment (nanoseconds after `epoch`) are validated at
     /// their next checkout, however briefly they were idle: one of their siblings broke.
     suspect_before_nanos: AtomicU64,
@@ -97,8 +108,9 @@ impl<DB: OwnedBackend> managed::Manager for ConnManager<DB> {
         if let Some(setup) = &self.session_setup {
             DB::execute(&mut conn, (sqlx::AssertSqlSafe(setup.clone()), None)).await?;
         }
+        let statement_timer = DB::time_statements(&mut conn, self.statement_timeout).await?;
         let now = Instant::now();
-        Ok(Pooled { conn, returned_at: now, checked_out_at: now })
+        Ok(Pooled { conn, statement_timer, returned_at: now, checked_out_at: now })
     }
 
     async fn recycle(&self, pooled: &mut Pooled<DB>, metrics: &Metrics) -> RecycleResult<sqlx::Error> {
@@ -180,6 +192,7 @@ impl<DB: OwnedBackend> OwnedPool<DB> {
             options,
             session_setup,
             max_lifetime: config.recycle,
+            statement_timeout: config.statement_timeout,
             suspect_before_nanos: AtomicU64::new(0),
             epoch: Instant::now(),
         };

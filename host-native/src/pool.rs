@@ -280,6 +280,15 @@ impl Owned {
         }
     }
 
+    /// Whether the backend stops a statement that runs too long with no runtime timer around it.
+    fn ends_long_statements_itself(&self) -> bool {
+        match self {
+            Self::Postgres(_) => <sqlx::Postgres as OwnedBackend>::ENDS_LONG_STATEMENTS_ITSELF,
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(_) => <sqlx::Sqlite as OwnedBackend>::ENDS_LONG_STATEMENTS_ITSELF,
+        }
+    }
+
     fn close(&self) {
         match self {
             Self::Postgres(pool) => pool.close(),
@@ -303,6 +312,13 @@ impl Pools {
             Some(Owned::Sqlite(owned)) => DbConn::owned_sqlite(owned.clone()),
             None => DbConn::shared(self.db.clone()),
         }
+    }
+
+    /// Whether a statement on these pools that runs past `DB_STATEMENT_TIMEOUT` is stopped by
+    /// the backend with no runtime timer around the attempt: SQLite on dbguard's pool (an
+    /// in-memory database on SeaORM's pool has no statement timer).
+    pub(crate) fn ends_long_statements_itself(&self) -> bool {
+        self.owned.as_ref().is_some_and(Owned::ends_long_statements_itself)
     }
 }
 

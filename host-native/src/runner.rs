@@ -40,6 +40,26 @@ enum StepError {
     TimedOut(DbErr),
 }
 
+/// What stops an attempt whose statement runs too long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bound {
+    /// The runner's attempt deadline, a runtime timer around the attempt: needed wherever no
+    /// answer may ever come (a partitioned network) or where the backend cannot stop a statement
+    /// itself.
+    Deadline,
+    /// The backend, on its own: SQLite on dbguard's pool interrupts a statement at
+    /// `DB_STATEMENT_TIMEOUT`, waits on a lock for at most its busy timeout, and the checkout is
+    /// bounded by `DB_POOL_TIMEOUT`; a timer per attempt would only add its cost.
+    Backend,
+}
+
+impl Bound {
+    /// How attempts on `slot`'s pools are bounded.
+    fn of(slot: &PoolSlot) -> Self {
+        if slot.pools.ends_long_statements_itself() { Self::Backend } else { Self::Deadline }
+    }
+}
+
 /// How one attempt of a guarded call failed.
 pub(crate) enum Failure {
     /// Nothing reached the database because a reconnect closed the pool: go again at once.
@@ -106,7 +126,7 @@ impl DbManager {
         F: FnMut(DbConn) -> Fut,
         Fut: Future<Output = Result<T, DbErr>>,
     {
-        self.run_attempts(policy, idempotency, Waits::ForServer, |slot| op(slot.pools.conn())).await
+        self.run_attempts(policy, idempotency, Waits::ForServer, Bound::of, |slot| op(slot.pools.conn())).await
     }
 
     /// Runs `op`, a call that opens a connection of its own instead of using the pool (the HTTP
@@ -134,7 +154,9 @@ impl DbManager {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, DbErr>>,
     {
-        self.run_attempts(self.config().retry, idempotency, Waits::Never, |_| op()).await
+        // Each attempt opens a connection of its own, which no statement timer of dbguard's
+        // pool watches.
+        self.run_attempts(self.config().retry, idempotency, Waits::Never, |_| Bound::Deadline, |_| op()).await
     }
 
     /// Runs `op`, a unit of work that only reads, on a standby when `DB_READ_TARGET` allows it
@@ -171,7 +193,8 @@ impl DbManager {
         let mut tried = 0u64;
         let mut retries = 0u32;
         while let Some(server) = replicas.pick(tried) {
-            let failure = match self.within_deadline(self.inner.clock.now(), op(server.conn(config))).await {
+            let step = op(server.conn(config));
+            let failure = match self.within_deadline(self.inner.clock.now(), Bound::Deadline, step).await {
                 Ok(value) => {
                     server.count_read();
                     self.inner.stats.on_call(self.inner.clock.now().saturating_duration_since(started), true);
@@ -237,12 +260,14 @@ impl DbManager {
     }
 
     /// The loop of [`DbManager::run_with_policy`] and [`DbManager::run_direct`]: one attempt of
-    /// `op` per admitted slot until it succeeds or the call gives up.
+    /// `op` per admitted slot until it succeeds or the call gives up, each attempt bounded as
+    /// `bound` says for its slot.
     async fn run_attempts<T, F, Fut>(
         &self,
         policy: RetryPolicy,
         idempotency: Idempotency,
         waits: Waits,
+        bound: fn(&PoolSlot) -> Bound,
         mut op: F,
     ) -> Result<T, DbError>
     where
@@ -252,7 +277,7 @@ impl DbManager {
         let mut call = self.begin_call(policy, idempotency, waits);
         loop {
             let slot = self.next_attempt(&mut call).await?;
-            let outcome = self.step(&slot, self.attempt_started(&call), op(&slot)).await;
+            let outcome = self.step(&slot, self.attempt_started(&call), bound(&slot), op(&slot)).await;
             if let Some(value) = self.settle(&mut call, &slot, outcome).await? {
                 return Ok(value);
             }
@@ -305,8 +330,9 @@ impl DbManager {
     where
         F: for<'c> FnMut(&'c DbConn) -> TxnFuture<'c, T>,
     {
-        let txn = self.step(slot, self.inner.clock.now(), slot.pools.conn().begin(options)).await?;
-        let value = match self.step(slot, self.inner.clock.now(), body(&txn)).await {
+        let bound = Bound::of(slot);
+        let txn = self.step(slot, self.inner.clock.now(), bound, slot.pools.conn().begin(options)).await?;
+        let value = match self.step(slot, self.inner.clock.now(), bound, body(&txn)).await {
             Ok(value) => value,
             Err(failure) => {
                 // A failed rollback means the connection is gone; the server rolls back. (An
@@ -315,7 +341,7 @@ impl DbManager {
                 return Err(failure);
             }
         };
-        match self.within_deadline(self.inner.clock.now(), txn.commit()).await {
+        match self.within_deadline(self.inner.clock.now(), bound, txn.commit()).await {
             Ok(()) => Ok(value),
             Err(StepError::Failed(err)) => Err(self.classify_commit_failure(err)),
             // COMMIT was sent and nothing came back: it may have applied.
@@ -388,15 +414,16 @@ impl DbManager {
         if call.attempts == 1 { call.started } else { self.inner.clock.now() }
     }
 
-    /// One database step of an attempt on `slot`, started at `started`, within the attempt
-    /// deadline, with its failure classified.
+    /// One database step of an attempt on `slot`, started at `started`, bounded as `bound`
+    /// says, with its failure classified.
     async fn step<T>(
         &self,
         slot: &PoolSlot,
         started: Instant,
+        bound: Bound,
         step: impl Future<Output = Result<T, DbErr>>,
     ) -> Result<T, Failure> {
-        match self.within_deadline(started, step).await {
+        match self.within_deadline(started, bound, step).await {
             Ok(value) => Ok(value),
             Err(StepError::Failed(err)) => Err(self.classify_failure(err, slot.generation)),
             Err(StepError::TimedOut(err)) => Err(Failure::Attempt(err, Classified::timeout())),
@@ -427,12 +454,17 @@ impl DbManager {
     /// Awaits one database step of an attempt, giving it up once the attempt deadline passes
     /// ([`PoolConfig::attempt_deadline`](dbguard_core::PoolConfig::attempt_deadline)): the
     /// server cancels a long statement itself, so this fires only when no answer can come (a
-    /// network partition), and the caller gets a timeout instead of a hang.
+    /// network partition), and the caller gets a timeout instead of a hang. With
+    /// [`Bound::Backend`] the step is awaited as it is.
     async fn within_deadline<T>(
         &self,
         started: Instant,
+        bound: Bound,
         step: impl Future<Output = Result<T, DbErr>>,
     ) -> Result<T, StepError> {
+        if bound == Bound::Backend {
+            return step.await.map_err(StepError::Failed);
+        }
         let deadline = self.inner.config.pool.attempt_deadline();
         match self.inner.clock.timeout_at(started + deadline, step).await {
             Some(result) => result.map_err(StepError::Failed),

@@ -1,6 +1,7 @@
 //! SQLite: contention is retried and nothing is lost; a file runs on dbguard's own pool, whose
 //! status is truthful, whose `BEGIN IMMEDIATE` takes the write lock up front and which closes a
-//! connection left mid-transaction; in-memory databases work; rows stream.
+//! connection left mid-transaction, and whose statements stop at `DB_STATEMENT_TIMEOUT`;
+//! in-memory databases work; rows stream.
 
 mod common;
 
@@ -137,6 +138,57 @@ async fn a_transaction_cut_off_mid_way_is_rolled_back_and_its_connection_closed(
         sqlx::query_scalar("SELECT n FROM t ORDER BY n").fetch_all(&mut outside).await.expect("rows");
     assert_eq!(committed, vec![2], "the cut-off insert was rolled back and the next write committed");
     outside.close().await.ok();
+    manager.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_past_the_statement_timeout_is_interrupted_and_its_connection_kept() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("timeout.db");
+    // One connection: a temporary table, which lives only on the connection that made it, shows
+    // whether the interrupted statement's connection was kept.
+    let manager = common::manager(
+        &format!("sqlite://{}", path.display()),
+        &[("DB_POOL_SIZE", "1"), ("DB_MAX_OVERFLOW", "0"), ("DB_STATEMENT_TIMEOUT", "200ms")],
+    )
+    .await;
+    manager
+        .run(Idempotency::Idempotent, |db| async move {
+            db.execute_unprepared("CREATE TABLE t (n INT); CREATE TEMP TABLE this_connection (n INT)").await
+        })
+        .await
+        .expect("schema");
+
+    // A billion rows: minutes of work, unless SQLite is stopped.
+    let endless_insert = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000000) \
+                          INSERT INTO t SELECT x FROM c";
+    let no_retry = dbguard_core::RetryPolicy::builder().max_retries(0).build().expect("policy");
+    let interrupted = tokio::time::timeout(
+        common::HANG_LIMIT,
+        manager.run_with_policy(no_retry, Idempotency::NonIdempotent, |db| async move {
+            db.execute_unprepared(endless_insert).await.map(drop)
+        }),
+    )
+    .await
+    .expect("the statement was stopped at its timeout")
+    .expect_err("a statement past DB_STATEMENT_TIMEOUT fails");
+    assert_eq!(interrupted.class(), dbguard_core::ErrorClass::QueryCanceled, "{interrupted}");
+
+    let (rows, kept): (i64, i64) = manager
+        .run(Idempotency::Idempotent, |db| async move {
+            let count = |sql: &'static str| {
+                let db = &db;
+                async move {
+                    let row = db.query_one_raw(Statement::from_string(DbBackend::Sqlite, sql)).await?;
+                    row.expect("one row").try_get_by_index::<i64>(0)
+                }
+            };
+            Ok((count("SELECT count(*) FROM t").await?, count("SELECT count(*) FROM this_connection").await?))
+        })
+        .await
+        .expect("the connection answers after the interrupt");
+    assert_eq!(rows, 0, "the interrupted insert was rolled back");
+    assert_eq!(kept, 0, "the interrupted statement's connection (with its temporary table) was kept");
     manager.close().await;
 }
 

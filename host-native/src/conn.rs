@@ -32,7 +32,9 @@ use crate::transaction::TxnOptions;
 /// Statements on one handle run one after another on the same connection. A stream of rows
 /// ([`StreamTrait`]) holds that connection until it ends, so a second statement on the same handle
 /// issued while the stream is still being read waits for the stream, which then never ends: read
-/// the stream to its end (or drop it) first, or collect the rows with `all`.
+/// the stream to its end (or drop it) first, or collect the rows with `all`. On a SQLite file
+/// `DB_STATEMENT_TIMEOUT` counts from a statement's start until its last row is read: a stream
+/// read more slowly than that ends with `query_canceled`.
 pub struct DbConn {
     kind: Kind,
 }
